@@ -1,0 +1,242 @@
+//! Socket.IO handlers: authentication at connect, the client events, and per-socket lifetime.
+//!
+//! Each socket joins three kinds of Socket.IO rooms: one per chat room it belongs to (for
+//! messages, typing, reads, presence), `u:<address>` (everything aimed at the user, e.g.
+//! membership changes) and `t:<token hash>` (so a revoked token's sockets can be found on any
+//! node). Emits here are local to this node; the bus carries events between nodes.
+
+use crate::error::{Error, ErrorBody};
+use crate::service::{ChatService, Identity, SendOutcome, SendRequest};
+use serde::Deserialize;
+use serde_json::{Value, json};
+use socketioxide::SocketIo;
+use socketioxide::extract::{AckSender, SocketRef, TryData};
+use std::collections::HashMap;
+use std::fmt;
+use tokio_util::sync::CancellationToken;
+
+/// The Socket.IO room of everything aimed at one user.
+pub fn user_room(address: &crate::address::Address) -> String {
+    format!("u:{}", address.to_lower_hex())
+}
+
+/// The Socket.IO room of one session token's sockets.
+pub fn token_room(token_hash: &str) -> String {
+    format!("t:{token_hash}")
+}
+
+/// A refused connection, rendered the way socket.io JS servers do (`message` plus `data`), so
+/// that clients get `err.data = {"error": {...}}`. See `vendor/README.md`.
+struct ConnectRefusal(ErrorBody);
+
+impl fmt::Display for ConnectRefusal {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let v = json!({ "message": self.0.error.message, "data": self.0 });
+        f.write_str(&v.to_string())
+    }
+}
+
+#[derive(Deserialize)]
+struct ConnectAuth {
+    token: Option<String>,
+}
+
+/// Fires `session:end` when the token's lifetime is over, unless the socket goes first.
+#[derive(Clone)]
+struct ExpiryGuard(CancellationToken);
+
+pub fn register(io: &SocketIo, svc: ChatService) {
+    let mw_svc = svc.clone();
+    let middleware = move |s: SocketRef, TryData(auth): TryData<ConnectAuth>| {
+        let svc = mw_svc.clone();
+        async move {
+            let token = auth.ok().and_then(|a| a.token);
+            let who = svc.authenticate(token.as_deref()).await.map_err(|e| ConnectRefusal(e.body()))?;
+            svc.connected(&who, &s.id.to_string()).await.map_err(|e| ConnectRefusal(e.body()))?;
+            s.extensions.insert(who);
+            Ok::<(), ConnectRefusal>(())
+        }
+    };
+    let on_connect = move |s: SocketRef| {
+        let svc = svc.clone();
+        async move { on_connect(s, svc).await }
+    };
+    io.ns("/", socketioxide::handler::ConnectHandler::with(on_connect, middleware));
+}
+
+async fn on_connect(s: SocketRef, svc: ChatService) {
+    let Some(who) = s.extensions.get::<Identity>() else {
+        let _ = s.disconnect();
+        return;
+    };
+    metrics::gauge!("coolchat_sockets_connected").increment(1.0);
+    s.join([user_room(&who.address), token_room(&who.token_hash)]);
+    // Joined the user's room first: a membership change from now on reaches this socket, so
+    // a room created between this query and the join below is not missed.
+    match svc.room_ids(who.address).await {
+        Ok(rooms) => s.join(rooms),
+        Err(e) => {
+            tracing::warn!(error = %e, "could not load rooms for a new socket");
+            let _ = s.emit("session:end", &json!({"code": e.code()}));
+            let _ = s.disconnect();
+            return;
+        }
+    }
+
+    let expiry = CancellationToken::new();
+    s.extensions.insert(ExpiryGuard(expiry.clone()));
+    let socket = s.clone();
+    let expires_at = who.expires_at;
+    tokio::spawn(async move {
+        let left = (expires_at - time::OffsetDateTime::now_utc()).max(time::Duration::ZERO);
+        let left = std::time::Duration::try_from(left).unwrap_or_default();
+        tokio::select! {
+            _ = expiry.cancelled() => {}
+            _ = tokio::time::sleep(left) => {
+                let _ = socket.emit("session:end", &json!({"code": "token_expired"}));
+                let _ = socket.disconnect();
+            }
+        }
+    });
+
+    register_events(&s, &svc);
+
+    let svc_dc = svc.clone();
+    s.on_disconnect(move |s: SocketRef| {
+        let svc = svc_dc.clone();
+        async move {
+            metrics::gauge!("coolchat_sockets_connected").decrement(1.0);
+            if let Some(ExpiryGuard(t)) = s.extensions.get::<ExpiryGuard>() {
+                t.cancel();
+            }
+            if let Some(who) = s.extensions.get::<Identity>()
+                && let Err(e) = svc.disconnected(&who, &s.id.to_string()).await
+            {
+                tracing::warn!(error = %e, "presence update failed on disconnect");
+            }
+        }
+    });
+}
+
+/// `{"ok": false, "error": {...}}`
+fn nack(e: &Error) -> Value {
+    if matches!(e, Error::Internal(_) | Error::Backend(_)) {
+        tracing::error!(error = %e, "socket event failed");
+    }
+    json!({ "ok": false, "error": e.body().error })
+}
+
+fn parse<T: serde::de::DeserializeOwned>(data: Result<Value, impl fmt::Display>) -> Result<T, Error> {
+    let value = data.map_err(|e| Error::InvalidRequest(format!("unreadable event payload: {e}")))?;
+    if !value.is_object() {
+        return Err(Error::InvalidRequest("the event payload must be a JSON object".into()));
+    }
+    serde_json::from_value(value).map_err(|e| Error::InvalidRequest(e.to_string()))
+}
+
+fn reply(ack: AckSender, v: Value) {
+    // A client that sent no ack callback gets nothing; that is its choice.
+    let _ = ack.send(&v);
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TypingEvent {
+    room_id: String,
+    active: bool,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ReadEvent {
+    room_id: String,
+    seq: i64,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SyncEvent {
+    #[serde(default)]
+    cursors: HashMap<String, i64>,
+}
+
+/// Every client event: parse, call the service, ack.
+fn register_events(s: &SocketRef, svc: &ChatService) {
+    let svc1 = svc.clone();
+    s.on("message:send", move |s: SocketRef, TryData(data): TryData<Value>, ack: AckSender| {
+        let svc = svc1.clone();
+        async move {
+            let Some(who) = s.extensions.get::<Identity>() else { return };
+            let result = async {
+                let req: SendRequest = parse(data)?;
+                if req.room_id.is_empty() {
+                    return Err(Error::InvalidRequest("room_id is required".into()));
+                }
+                svc.send(&who, req).await
+            }
+            .await;
+            reply(
+                ack,
+                match result {
+                    Ok(SendOutcome::Sent { message, .. }) => json!({"ok": true, "message": message}),
+                    Ok(SendOutcome::Scheduled { scheduled, .. }) => json!({"ok": true, "scheduled": scheduled}),
+                    Err(e) => nack(&e),
+                },
+            );
+        }
+    });
+
+    let svc2 = svc.clone();
+    s.on("sync", move |s: SocketRef, TryData(data): TryData<Value>, ack: AckSender| {
+        let svc = svc2.clone();
+        async move {
+            let Some(who) = s.extensions.get::<Identity>() else { return };
+            let result = async {
+                let req: SyncEvent = parse(data)?;
+                svc.sync(&who, &req.cursors).await
+            }
+            .await;
+            reply(
+                ack,
+                match result {
+                    Ok(r) => json!({"ok": true, "messages": r.messages, "has_more": r.has_more}),
+                    Err(e) => nack(&e),
+                },
+            );
+        }
+    });
+
+    let svc3 = svc.clone();
+    s.on("typing", move |s: SocketRef, TryData(data): TryData<Value>, ack: AckSender| {
+        let svc = svc3.clone();
+        async move {
+            let Some(who) = s.extensions.get::<Identity>() else { return };
+            let result = async {
+                let req: TypingEvent = parse(data)?;
+                svc.typing(&who, &req.room_id, req.active).await
+            }
+            .await;
+            reply(ack, match result {
+                Ok(()) => json!({"ok": true}),
+                Err(e) => nack(&e),
+            });
+        }
+    });
+
+    let svc4 = svc.clone();
+    s.on("read", move |s: SocketRef, TryData(data): TryData<Value>, ack: AckSender| {
+        let svc = svc4.clone();
+        async move {
+            let Some(who) = s.extensions.get::<Identity>() else { return };
+            let result = async {
+                let req: ReadEvent = parse(data)?;
+                svc.read(&who, &req.room_id, req.seq).await
+            }
+            .await;
+            reply(ack, match result {
+                Ok(seq) => json!({"ok": true, "seq": seq}),
+                Err(e) => nack(&e),
+            });
+        }
+    });
+}
