@@ -20,7 +20,7 @@ pub enum ConfigError {
 }
 
 /// The whole configuration.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
     pub server: ServerConfig,
@@ -31,21 +31,6 @@ pub struct Config {
     pub bus: BusConfig,
     pub queue: QueueConfig,
     pub media: MediaConfig,
-}
-
-impl Default for Config {
-    fn default() -> Self {
-        Config {
-            server: ServerConfig::default(),
-            auth: AuthConfig::default(),
-            limits: LimitsConfig::default(),
-            storage: StorageConfig::default(),
-            cache: CacheConfig::default(),
-            bus: BusConfig::default(),
-            queue: QueueConfig::default(),
-            media: MediaConfig::default(),
-        }
-    }
 }
 
 /// `[server]`: where the node listens and keeps its data.

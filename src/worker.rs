@@ -35,13 +35,11 @@ impl JobHandler for Processor {
             SendJob::Append(message) => Some(self.store.append_message(message).await?),
             SendJob::DeliverScheduled { id } => self.store.deliver_scheduled(&id, model::now_ms()).await?,
         };
-        if let Some(a) = &appended {
-            if a.created {
-                metrics::counter!("coolchat_messages_total").increment(1);
-                // The bus may drop; the message is already durable and `sync` will find it.
-                if let Err(e) = self.bus.publish(BusEvent::MessageCreated { message: a.message.clone() }) {
-                    tracing::warn!(error = %e, room_id = %a.message.room_id, seq = a.message.seq, "fan-out failed");
-                }
+        if let Some(a) = appended.as_ref().filter(|a| a.created) {
+            metrics::counter!("coolchat_messages_total").increment(1);
+            // The bus may drop; the message is already durable and `sync` will find it.
+            if let Err(e) = self.bus.publish(BusEvent::MessageCreated { message: a.message.clone() }) {
+                tracing::warn!(error = %e, room_id = %a.message.room_id, seq = a.message.seq, "fan-out failed");
             }
         }
         Ok(appended)

@@ -315,7 +315,9 @@ mod tests {
         assert_eq!(v.expiration, Some(datetime!(2030-06-01 12:30:00 UTC)));
         check_nonce(&v, "abcdEFGH12345678").expect("same nonce");
         assert_eq!(
-            check_nonce(&v, "abcdEFGH12345679").unwrap_err().code(),
+            check_nonce(&v, "abcdEFGH12345679")
+                .expect_err("other nonce")
+                .code(),
             "siwe_invalid_nonce"
         );
     }
@@ -403,7 +405,7 @@ mod tests {
             format!(" 0x{hex130}"),
         ] {
             assert_eq!(
-                parse_signature(&bad).unwrap_err().code(),
+                parse_signature(&bad).expect_err("bad shape").code(),
                 "invalid_request",
                 "{bad:?}"
             );
@@ -426,7 +428,7 @@ mod tests {
             max_message_bytes: text.len() - 1,
             ..expect()
         };
-        let err = verify(&text, "garbage", &e, NOW).unwrap_err();
+        let err = verify(&text, "garbage", &e, NOW).expect_err("too large");
         assert!(
             matches!(err, Error::PayloadTooLarge { what: "SIWE message", limit } if limit == text.len() - 1),
             "{err:?}"

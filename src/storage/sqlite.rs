@@ -31,7 +31,9 @@
 
 use crate::address::Address;
 use crate::error::{Error, Result};
-use crate::model::{self, Appended, Ban, MediaRef, Message, NewMessage, Room, RoomKind, ScheduledMessage, Session, User};
+use crate::model::{
+    self, Appended, Ban, MediaRef, Message, NewMessage, Room, RoomKind, ScheduledMessage, Session, User,
+};
 use crate::storage::{HistoryPage, MembershipChange, MembershipLimits, NewRoom, Store, StoreStats};
 use async_trait::async_trait;
 use rusqlite::{Connection, OpenFlags, OptionalExtension, Row, params};
@@ -68,7 +70,11 @@ pub struct SqliteOptions {
 
 impl Default for SqliteOptions {
     fn default() -> Self {
-        SqliteOptions { batch_max: 512, readers: 4, synchronous_full: true }
+        SqliteOptions {
+            batch_max: 512,
+            readers: 4,
+            synchronous_full: true,
+        }
     }
 }
 
@@ -86,7 +92,10 @@ pub struct SqliteStore {
 
 impl std::fmt::Debug for SqliteStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("SqliteStore").field("path", &self.path).field("commits", &self.commits()).finish_non_exhaustive()
+        f.debug_struct("SqliteStore")
+            .field("path", &self.path)
+            .field("commits", &self.commits())
+            .finish_non_exhaustive()
     }
 }
 
@@ -97,22 +106,37 @@ impl SqliteStore {
     /// Blocking (file I/O); call it at startup, not on a hot async path.
     pub fn open(path: &Path, opts: SqliteOptions) -> Result<SqliteStore> {
         if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
-            std::fs::create_dir_all(parent).map_err(|e| Error::Backend(format!("cannot create {}: {e}", parent.display())))?;
+            std::fs::create_dir_all(parent)
+                .map_err(|e| Error::Backend(format!("cannot create {}: {e}", parent.display())))?;
         }
         let flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_CREATE | OpenFlags::SQLITE_OPEN_NO_MUTEX;
-        let conn = Connection::open_with_flags(path, flags).map_err(|e| Error::Backend(format!("cannot open {}: {e}", path.display())))?;
+        let conn = Connection::open_with_flags(path, flags)
+            .map_err(|e| Error::Backend(format!("cannot open {}: {e}", path.display())))?;
         conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
         conn.busy_timeout(BUSY_TIMEOUT).db()?;
         let mode: String = conn.query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0)).db()?;
         if !mode.eq_ignore_ascii_case("wal") {
-            return Err(Error::Backend(format!("{} cannot use WAL journal mode (got `{mode}`)", path.display())));
+            return Err(Error::Backend(format!(
+                "{} cannot use WAL journal mode (got `{mode}`)",
+                path.display()
+            )));
         }
-        conn.execute_batch(if opts.synchronous_full { "PRAGMA synchronous = FULL" } else { "PRAGMA synchronous = NORMAL" }).db()?;
+        conn.execute_batch(if opts.synchronous_full {
+            "PRAGMA synchronous = FULL"
+        } else {
+            "PRAGMA synchronous = NORMAL"
+        })
+        .db()?;
         conn.execute_batch("PRAGMA foreign_keys = ON").db()?;
         in_transaction(&conn, migrate_schema)?;
 
-        let readers = (0..opts.readers.max(1)).map(|_| open_reader(path)).collect::<Result<Vec<_>>>()?;
-        let readers = Arc::new(ReaderPool { semaphore: Arc::new(Semaphore::new(readers.len())), conns: parking_lot::Mutex::new(readers) });
+        let readers = (0..opts.readers.max(1))
+            .map(|_| open_reader(path))
+            .collect::<Result<Vec<_>>>()?;
+        let readers = Arc::new(ReaderPool {
+            semaphore: Arc::new(Semaphore::new(readers.len())),
+            conns: parking_lot::Mutex::new(readers),
+        });
 
         let commits = Arc::new(AtomicU64::new(0));
         let (tx, rx) = mpsc::channel::<Job>();
@@ -154,7 +178,13 @@ impl SqliteStore {
                      created_at_ms = excluded.created_at_ms, until_ms = excluded.until_ms",
             )
             .db()?
-            .execute(params![ban.address.to_lower_hex(), ban.reason, ban.banned_by, model::to_unix_ms(ban.created_at), ban.until.map(model::to_unix_ms)])
+            .execute(params![
+                ban.address.to_lower_hex(),
+                ban.reason,
+                ban.banned_by,
+                model::to_unix_ms(ban.created_at),
+                ban.until.map(model::to_unix_ms)
+            ])
             .db()?;
             Ok(())
         })
@@ -163,7 +193,14 @@ impl SqliteStore {
 
     /// Lifts the ban of `address`; false when there was none.
     pub async fn delete_ban(&self, address: Address) -> Result<bool> {
-        self.write(move |c| Ok(c.prepare_cached("DELETE FROM bans WHERE address = ?1").db()?.execute([address.to_lower_hex()]).db()? > 0)).await
+        self.write(move |c| {
+            Ok(c.prepare_cached("DELETE FROM bans WHERE address = ?1")
+                .db()?
+                .execute([address.to_lower_hex()])
+                .db()?
+                > 0)
+        })
+        .await
     }
 
     /// Runs `f` on the writer thread, in the next batch's transaction, inside its own savepoint.
@@ -174,13 +211,18 @@ impl SqliteStore {
         F: FnOnce(&Connection) -> Result<T> + Send + 'static,
     {
         let (tx, rx) = oneshot::channel();
-        let job: Job = Box::new(Op { f: Some(f), result: None, tx });
+        let job: Job = Box::new(Op {
+            f: Some(f),
+            result: None,
+            tx,
+        });
         {
             let writer = self.writer.lock();
             let sender = writer.as_ref().ok_or(Error::ShuttingDown)?;
             sender.send(job).map_err(|_| Error::ShuttingDown)?;
         }
-        rx.await.map_err(|_| Error::backend("the sqlite writer stopped before answering"))?
+        rx.await
+            .map_err(|_| Error::backend("the sqlite writer stopped before answering"))?
     }
 
     /// Runs `f` on a pooled read-only connection (in a blocking thread), in a read transaction.
@@ -189,11 +231,21 @@ impl SqliteStore {
         T: Send + 'static,
         F: FnOnce(&Connection) -> Result<T> + Send + 'static,
     {
-        let permit = self.readers.semaphore.clone().acquire_owned().await.map_err(|_| Error::ShuttingDown)?;
+        let permit = self
+            .readers
+            .semaphore
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(|_| Error::ShuttingDown)?;
         let pool = self.readers.clone();
         tokio::task::spawn_blocking(move || {
             let _permit = permit;
-            let conn = pool.conns.lock().pop().ok_or_else(|| Error::internal("sqlite reader pool is empty"))?;
+            let conn = pool
+                .conns
+                .lock()
+                .pop()
+                .ok_or_else(|| Error::internal("sqlite reader pool is empty"))?;
             let out = std::panic::catch_unwind(AssertUnwindSafe(|| {
                 // Dropping the (read) transaction at the end rolls it back: nothing to commit.
                 let tx = conn.unchecked_transaction().db()?;
@@ -218,7 +270,8 @@ struct ReaderPool {
 
 fn open_reader(path: &Path) -> Result<Connection> {
     let flags = OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX;
-    let conn = Connection::open_with_flags(path, flags).map_err(|e| Error::Backend(format!("cannot open {} for reading: {e}", path.display())))?;
+    let conn = Connection::open_with_flags(path, flags)
+        .map_err(|e| Error::Backend(format!("cannot open {} for reading: {e}", path.display())))?;
     conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
     conn.busy_timeout(BUSY_TIMEOUT).db()?;
     Ok(conn)
@@ -251,7 +304,8 @@ where
     fn run(&mut self, conn: &Connection) -> bool {
         let result = match self.f.take() {
             // A panicking command must not take the writer (and every later write) down.
-            Some(f) => std::panic::catch_unwind(AssertUnwindSafe(|| f(conn))).unwrap_or_else(|_| Err(Error::internal("sqlite write command panicked"))),
+            Some(f) => std::panic::catch_unwind(AssertUnwindSafe(|| f(conn)))
+                .unwrap_or_else(|_| Err(Error::internal("sqlite write command panicked"))),
             None => Err(Error::internal("sqlite write command ran twice")),
         };
         let ok = result.is_ok();
@@ -262,7 +316,9 @@ where
     fn respond(self: Box<Self>, batch_failure: Option<&str>) {
         let result = match batch_failure {
             Some(why) => Err(Error::Backend(format!("sqlite transaction failed: {why}"))),
-            None => self.result.unwrap_or_else(|| Err(Error::internal("sqlite write command never ran"))),
+            None => self
+                .result
+                .unwrap_or_else(|| Err(Error::internal("sqlite write command never ran"))),
         };
         // The caller may have gone away (cancelled request); the write stands regardless.
         let _ = self.tx.send(result);
@@ -288,7 +344,9 @@ fn writer_loop(conn: Connection, rx: mpsc::Receiver<Job>, batch_max: usize, comm
                 commits.fetch_add(1, Ordering::Relaxed);
                 tracing::trace!(size, "sqlite batch committed");
             }
-            Err(e) => tracing::error!(size, error = %e, "sqlite batch failed; every command in it is answered with an error"),
+            Err(e) => {
+                tracing::error!(size, error = %e, "sqlite batch failed; every command in it is answered with an error")
+            }
         }
         let failure = outcome.as_ref().err().map(String::as_str);
         for job in batch.drain(..) {
@@ -307,13 +365,16 @@ fn writer_loop(conn: Connection, rx: mpsc::Receiver<Job>, batch_max: usize, comm
 /// as a whole did not commit (then nothing of the batch was written).
 fn run_batch(conn: &Connection, batch: &mut [Job]) -> std::result::Result<(), String> {
     let outcome = (|| -> std::result::Result<(), String> {
-        conn.execute_batch("BEGIN IMMEDIATE").map_err(|e| format!("begin: {e}"))?;
+        conn.execute_batch("BEGIN IMMEDIATE")
+            .map_err(|e| format!("begin: {e}"))?;
         for job in batch.iter_mut() {
-            conn.execute_batch("SAVEPOINT cmd").map_err(|e| format!("savepoint: {e}"))?;
+            conn.execute_batch("SAVEPOINT cmd")
+                .map_err(|e| format!("savepoint: {e}"))?;
             if job.run(conn) {
                 conn.execute_batch("RELEASE cmd").map_err(|e| format!("release: {e}"))?;
             } else {
-                conn.execute_batch("ROLLBACK TO cmd; RELEASE cmd").map_err(|e| format!("rollback to savepoint: {e}"))?;
+                conn.execute_batch("ROLLBACK TO cmd; RELEASE cmd")
+                    .map_err(|e| format!("rollback to savepoint: {e}"))?;
             }
             // Some errors (disk full, I/O) make SQLite roll the whole transaction back.
             if conn.is_autocommit() {
@@ -322,10 +383,11 @@ fn run_batch(conn: &Connection, batch: &mut [Job]) -> std::result::Result<(), St
         }
         conn.execute_batch("COMMIT").map_err(|e| format!("commit: {e}"))
     })();
-    if outcome.is_err() && !conn.is_autocommit() {
-        if let Err(e) = conn.execute_batch("ROLLBACK") {
-            tracing::error!(error = %e, "sqlite rollback failed");
-        }
+    if outcome.is_err()
+        && !conn.is_autocommit()
+        && let Err(e) = conn.execute_batch("ROLLBACK")
+    {
+        tracing::error!(error = %e, "sqlite rollback failed");
     }
     outcome
 }
@@ -428,11 +490,15 @@ fn migrate_schema(conn: &Connection) -> Result<()> {
     let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0)).db()?;
     let known = MIGRATIONS.len() as i64;
     if version > known {
-        return Err(Error::Internal(format!("the database schema (version {version}) is newer than this build knows ({known})")));
+        return Err(Error::Internal(format!(
+            "the database schema (version {version}) is newer than this build knows ({known})"
+        )));
     }
     for (index, sql) in MIGRATIONS.iter().enumerate().skip(version.max(0) as usize) {
-        conn.execute_batch(sql).map_err(|e| Error::Backend(format!("sqlite migration {} failed: {e}", index + 1)))?;
-        conn.execute_batch(&format!("PRAGMA user_version = {}", index + 1)).db()?;
+        conn.execute_batch(sql)
+            .map_err(|e| Error::Backend(format!("sqlite migration {} failed: {e}", index + 1)))?;
+        conn.execute_batch(&format!("PRAGMA user_version = {}", index + 1))
+            .db()?;
         tracing::info!(version = index + 1, "sqlite schema migrated");
     }
     Ok(())
@@ -445,9 +511,10 @@ fn migrate_schema(conn: &Connection) -> Result<()> {
 fn db_err(e: rusqlite::Error) -> Error {
     use rusqlite::Error as E;
     match e {
-        E::InvalidColumnType(..) | E::FromSqlConversionFailure(..) | E::IntegralValueOutOfRange(..) | E::Utf8Error(..) => {
-            Error::Internal(format!("corrupt row in sqlite: {e}"))
-        }
+        E::InvalidColumnType(..)
+        | E::FromSqlConversionFailure(..)
+        | E::IntegralValueOutOfRange(..)
+        | E::Utf8Error(..) => Error::Internal(format!("corrupt row in sqlite: {e}")),
         other => Error::Backend(format!("sqlite: {other}")),
     }
 }
@@ -463,7 +530,8 @@ impl<T> Db<T> for rusqlite::Result<T> {
 }
 
 fn parse_address(text: &str) -> Result<Address> {
-    text.parse().map_err(|_| Error::Internal(format!("corrupt address in sqlite: {text:?}")))
+    text.parse()
+        .map_err(|_| Error::Internal(format!("corrupt address in sqlite: {text:?}")))
 }
 
 fn parse_kind(text: &str) -> Result<RoomKind> {
@@ -479,7 +547,12 @@ fn sql_limit(limit: usize) -> i64 {
 }
 
 /// Runs a cached query and decodes every row with `decode`.
-fn query_all<T>(conn: &Connection, sql: &str, params: impl rusqlite::Params, decode: impl Fn(&Row<'_>) -> Result<T>) -> Result<Vec<T>> {
+fn query_all<T>(
+    conn: &Connection,
+    sql: &str,
+    params: impl rusqlite::Params,
+    decode: impl Fn(&Row<'_>) -> Result<T>,
+) -> Result<Vec<T>> {
     let mut stmt = conn.prepare_cached(sql).db()?;
     let rows = stmt.query_map(params, |row| Ok(decode(row))).db()?;
     let mut out = Vec::new();
@@ -490,8 +563,18 @@ fn query_all<T>(conn: &Connection, sql: &str, params: impl rusqlite::Params, dec
 }
 
 /// Runs a cached query and decodes its first row, if any.
-fn query_opt<T>(conn: &Connection, sql: &str, params: impl rusqlite::Params, decode: impl FnOnce(&Row<'_>) -> Result<T>) -> Result<Option<T>> {
-    conn.prepare_cached(sql).db()?.query_row(params, |row| Ok(decode(row))).optional().db()?.transpose()
+fn query_opt<T>(
+    conn: &Connection,
+    sql: &str,
+    params: impl rusqlite::Params,
+    decode: impl FnOnce(&Row<'_>) -> Result<T>,
+) -> Result<Option<T>> {
+    conn.prepare_cached(sql)
+        .db()?
+        .query_row(params, |row| Ok(decode(row)))
+        .optional()
+        .db()?
+        .transpose()
 }
 
 fn count(conn: &Connection, sql: &str, params: impl rusqlite::Params) -> Result<i64> {
@@ -532,12 +615,14 @@ fn decode_room(row: &Row<'_>) -> Result<Room> {
     })
 }
 
-const MESSAGE_SELECT: &str = "SELECT room_id, seq, id, sender, body, client_msg_id, created_at_ms, media_json FROM messages";
+const MESSAGE_SELECT: &str =
+    "SELECT room_id, seq, id, sender, body, client_msg_id, created_at_ms, media_json FROM messages";
 
 fn decode_message(row: &Row<'_>) -> Result<Message> {
     let media = match row.get::<_, Option<String>>(7).db()? {
         None => Vec::new(),
-        Some(json) => serde_json::from_str::<Vec<MediaRef>>(&json).map_err(|e| Error::Internal(format!("corrupt media_json in sqlite: {e}")))?,
+        Some(json) => serde_json::from_str::<Vec<MediaRef>>(&json)
+            .map_err(|e| Error::Internal(format!("corrupt media_json in sqlite: {e}")))?,
     };
     Ok(Message {
         room_id: row.get(0).db()?,
@@ -551,7 +636,8 @@ fn decode_message(row: &Row<'_>) -> Result<Message> {
     })
 }
 
-const SCHEDULED_SELECT: &str = "SELECT id, room_id, sender, body, client_msg_id, deliver_at_ms, created_at_ms FROM scheduled";
+const SCHEDULED_SELECT: &str =
+    "SELECT id, room_id, sender, body, client_msg_id, deliver_at_ms, created_at_ms FROM scheduled";
 
 fn decode_scheduled(row: &Row<'_>) -> Result<ScheduledMessage> {
     Ok(ScheduledMessage {
@@ -578,16 +664,31 @@ fn decode_ban(row: &Row<'_>) -> Result<Ban> {
 // --- queries shared by reads and writes --------------------------------------------------
 
 fn load_user(conn: &Connection, address: Address) -> Result<Option<User>> {
-    query_opt(conn, "SELECT address, display_name, created_at_ms, last_seen_at_ms FROM users WHERE address = ?1", [address.to_lower_hex()], decode_user)
+    query_opt(
+        conn,
+        "SELECT address, display_name, created_at_ms, last_seen_at_ms FROM users WHERE address = ?1",
+        [address.to_lower_hex()],
+        decode_user,
+    )
 }
 
 fn members_of(conn: &Connection, room_id: &str) -> Result<Vec<Address>> {
-    query_all(conn, "SELECT address FROM members WHERE room_id = ?1 ORDER BY address", [room_id], |r| parse_address(&r.get::<_, String>(0).db()?))
+    query_all(
+        conn,
+        "SELECT address FROM members WHERE room_id = ?1 ORDER BY address",
+        [room_id],
+        |r| parse_address(&r.get::<_, String>(0).db()?),
+    )
 }
 
 /// A room with its members (sorted by address).
 fn load_room(conn: &Connection, room_id: &str) -> Result<Option<Room>> {
-    let head = query_opt(conn, "SELECT id, kind, name, created_by, created_at_ms, last_seq FROM rooms WHERE id = ?1", [room_id], decode_room)?;
+    let head = query_opt(
+        conn,
+        "SELECT id, kind, name, created_by, created_at_ms, last_seq FROM rooms WHERE id = ?1",
+        [room_id],
+        decode_room,
+    )?;
     match head {
         None => Ok(None),
         Some(mut room) => {
@@ -598,7 +699,9 @@ fn load_room(conn: &Connection, room_id: &str) -> Result<Option<Room>> {
 }
 
 fn room_kind(conn: &Connection, room_id: &str) -> Result<Option<RoomKind>> {
-    query_opt(conn, "SELECT kind FROM rooms WHERE id = ?1", [room_id], |r| parse_kind(&r.get::<_, String>(0).db()?))
+    query_opt(conn, "SELECT kind FROM rooms WHERE id = ?1", [room_id], |r| {
+        parse_kind(&r.get::<_, String>(0).db()?)
+    })
 }
 
 fn room_exists(conn: &Connection, room_id: &str) -> Result<bool> {
@@ -606,7 +709,11 @@ fn room_exists(conn: &Connection, room_id: &str) -> Result<bool> {
 }
 
 fn member_exists(conn: &Connection, room_id: &str, address: Address) -> Result<bool> {
-    Ok(count(conn, "SELECT EXISTS (SELECT 1 FROM members WHERE room_id = ?1 AND address = ?2)", params![room_id, address.to_lower_hex()])? != 0)
+    Ok(count(
+        conn,
+        "SELECT EXISTS (SELECT 1 FROM members WHERE room_id = ?1 AND address = ?2)",
+        params![room_id, address.to_lower_hex()],
+    )? != 0)
 }
 
 fn find_message(conn: &Connection, sender: Address, client_msg_id: &str) -> Result<Option<Message>> {
@@ -631,9 +738,16 @@ fn find_scheduled_entry(conn: &Connection, sender: Address, client_msg_id: &str)
 
 /// Refuses when adding `address` to one more room would pass `max_rooms_per_user`.
 fn check_rooms_per_user(conn: &Connection, address: Address, limits: MembershipLimits) -> Result<()> {
-    let rooms = count(conn, "SELECT COUNT(*) FROM members WHERE address = ?1", [address.to_lower_hex()])?;
+    let rooms = count(
+        conn,
+        "SELECT COUNT(*) FROM members WHERE address = ?1",
+        [address.to_lower_hex()],
+    )?;
     if usize::try_from(rooms).unwrap_or(usize::MAX) >= limits.max_rooms_per_user {
-        return Err(Error::Forbidden(format!("{address} has reached the room limit ({} rooms)", limits.max_rooms_per_user)));
+        return Err(Error::Forbidden(format!(
+            "{address} has reached the room limit ({} rooms)",
+            limits.max_rooms_per_user
+        )));
     }
     Ok(())
 }
@@ -646,7 +760,15 @@ fn insert_member(conn: &Connection, room_id: &str, address: Address, joined_at: 
     Ok(())
 }
 
-fn insert_room(conn: &Connection, id: &str, kind: RoomKind, name: Option<&str>, dm_key: Option<&str>, created_by: Address, created_at: OffsetDateTime) -> Result<()> {
+fn insert_room(
+    conn: &Connection,
+    id: &str,
+    kind: RoomKind,
+    name: Option<&str>,
+    dm_key: Option<&str>,
+    created_by: Address,
+    created_at: OffsetDateTime,
+) -> Result<()> {
     conn.prepare_cached("INSERT INTO rooms (id, kind, name, dm_key, created_by, created_at_ms, last_seq) VALUES (?1, ?2, ?3, ?4, ?5, ?6, 0)")
         .db()?
         .execute(params![id, kind.as_str(), name, dm_key, created_by.to_lower_hex(), model::to_unix_ms(created_at)])
@@ -655,7 +777,8 @@ fn insert_room(conn: &Connection, id: &str, kind: RoomKind, name: Option<&str>, 
 }
 
 fn loaded(conn: &Connection, room_id: &str) -> Result<Room> {
-    load_room(conn, room_id)?.ok_or_else(|| Error::internal(format!("room {room_id} vanished inside its own transaction")))
+    load_room(conn, room_id)?
+        .ok_or_else(|| Error::internal(format!("room {room_id} vanished inside its own transaction")))
 }
 
 fn create_room_tx(conn: &Connection, room: &NewRoom, limits: MembershipLimits) -> Result<Room> {
@@ -666,7 +789,15 @@ fn create_room_tx(conn: &Connection, room: &NewRoom, limits: MembershipLimits) -
     for &member in &members {
         check_rooms_per_user(conn, member, limits)?;
     }
-    insert_room(conn, &room.id, RoomKind::Group, room.name.as_deref(), None, room.created_by, room.created_at)?;
+    insert_room(
+        conn,
+        &room.id,
+        RoomKind::Group,
+        room.name.as_deref(),
+        None,
+        room.created_by,
+        room.created_at,
+    )?;
     for &member in &members {
         insert_member(conn, &room.id, member, room.created_at)?;
     }
@@ -679,12 +810,23 @@ fn dm_key(a: Address, b: Address) -> String {
     format!("{}:{}", x.to_lower_hex(), y.to_lower_hex())
 }
 
-fn get_or_create_dm_tx(conn: &Connection, id_if_new: &str, a: Address, b: Address, now: OffsetDateTime, limits: MembershipLimits) -> Result<(Room, bool)> {
+fn get_or_create_dm_tx(
+    conn: &Connection,
+    id_if_new: &str,
+    a: Address,
+    b: Address,
+    now: OffsetDateTime,
+    limits: MembershipLimits,
+) -> Result<(Room, bool)> {
     if a == b {
-        return Err(Error::InvalidRequest("a direct-message room needs two different addresses".into()));
+        return Err(Error::InvalidRequest(
+            "a direct-message room needs two different addresses".into(),
+        ));
     }
     let key = dm_key(a, b);
-    if let Some(id) = query_opt(conn, "SELECT id FROM rooms WHERE dm_key = ?1", [&key], |r| r.get::<_, String>(0).db())? {
+    if let Some(id) = query_opt(conn, "SELECT id FROM rooms WHERE dm_key = ?1", [&key], |r| {
+        r.get::<_, String>(0).db()
+    })? {
         return Ok((loaded(conn, &id)?, false));
     }
     if limits.max_room_members < 2 {
@@ -698,14 +840,26 @@ fn get_or_create_dm_tx(conn: &Connection, id_if_new: &str, a: Address, b: Addres
     Ok((loaded(conn, id_if_new)?, true))
 }
 
-fn add_member_tx(conn: &Connection, room_id: &str, address: Address, limits: MembershipLimits) -> Result<MembershipChange> {
+fn add_member_tx(
+    conn: &Connection,
+    room_id: &str,
+    address: Address,
+    limits: MembershipLimits,
+) -> Result<MembershipChange> {
     match room_kind(conn, room_id)? {
         None => return Err(Error::RoomNotFound),
-        Some(RoomKind::Dm) => return Err(Error::Forbidden("members of a direct-message room cannot change".into())),
+        Some(RoomKind::Dm) => {
+            return Err(Error::Forbidden(
+                "members of a direct-message room cannot change".into(),
+            ));
+        }
         Some(RoomKind::Group) => {}
     }
     if member_exists(conn, room_id, address)? {
-        return Ok(MembershipChange { room: loaded(conn, room_id)?, changed: false });
+        return Ok(MembershipChange {
+            room: loaded(conn, room_id)?,
+            changed: false,
+        });
     }
     let members = count(conn, "SELECT COUNT(*) FROM members WHERE room_id = ?1", [room_id])?;
     if usize::try_from(members).unwrap_or(usize::MAX) >= limits.max_room_members {
@@ -713,16 +867,27 @@ fn add_member_tx(conn: &Connection, room_id: &str, address: Address, limits: Mem
     }
     check_rooms_per_user(conn, address, limits)?;
     insert_member(conn, room_id, address, model::now_ms())?;
-    Ok(MembershipChange { room: loaded(conn, room_id)?, changed: true })
+    Ok(MembershipChange {
+        room: loaded(conn, room_id)?,
+        changed: true,
+    })
 }
 
 fn remove_member_tx(conn: &Connection, room_id: &str, address: Address) -> Result<(Room, bool)> {
     match room_kind(conn, room_id)? {
         None => return Err(Error::RoomNotFound),
-        Some(RoomKind::Dm) => return Err(Error::Forbidden("members of a direct-message room cannot change".into())),
+        Some(RoomKind::Dm) => {
+            return Err(Error::Forbidden(
+                "members of a direct-message room cannot change".into(),
+            ));
+        }
         Some(RoomKind::Group) => {}
     }
-    let removed = conn.prepare_cached("DELETE FROM members WHERE room_id = ?1 AND address = ?2").db()?.execute(params![room_id, address.to_lower_hex()]).db()?;
+    let removed = conn
+        .prepare_cached("DELETE FROM members WHERE room_id = ?1 AND address = ?2")
+        .db()?
+        .execute(params![room_id, address.to_lower_hex()])
+        .db()?;
     Ok((loaded(conn, room_id)?, removed > 0))
 }
 
@@ -733,11 +898,18 @@ fn append_tx(conn: &Connection, msg: &NewMessage) -> Result<Appended> {
         if existing.room_id != msg.room_id || existing.body != msg.body {
             return Err(Error::IdempotencyConflict);
         }
-        return Ok(Appended { message: existing, created: false });
+        return Ok(Appended {
+            message: existing,
+            created: false,
+        });
     }
     // Membership first: it is the common case and implies the room exists.
     if !member_exists(conn, &msg.room_id, msg.sender)? {
-        return Err(if room_exists(conn, &msg.room_id)? { Error::NotMember } else { Error::RoomNotFound });
+        return Err(if room_exists(conn, &msg.room_id)? {
+            Error::NotMember
+        } else {
+            Error::RoomNotFound
+        });
     }
     let seq: i64 = conn
         .prepare_cached("UPDATE rooms SET last_seq = last_seq + 1 WHERE id = ?1 RETURNING last_seq")
@@ -778,9 +950,17 @@ fn schedule_tx(conn: &Connection, entry: &ScheduledMessage, max_per_user: usize)
         return Ok((existing, false));
     }
     if !member_exists(conn, &entry.room_id, entry.sender)? {
-        return Err(if room_exists(conn, &entry.room_id)? { Error::NotMember } else { Error::RoomNotFound });
+        return Err(if room_exists(conn, &entry.room_id)? {
+            Error::NotMember
+        } else {
+            Error::RoomNotFound
+        });
     }
-    let pending = count(conn, "SELECT COUNT(*) FROM scheduled WHERE sender = ?1", [entry.sender.to_lower_hex()])?;
+    let pending = count(
+        conn,
+        "SELECT COUNT(*) FROM scheduled WHERE sender = ?1",
+        [entry.sender.to_lower_hex()],
+    )?;
     if usize::try_from(pending).unwrap_or(usize::MAX) >= max_per_user {
         return Err(Error::Forbidden("too many scheduled messages".into()));
     }
@@ -804,10 +984,19 @@ fn schedule_tx(conn: &Connection, entry: &ScheduledMessage, max_per_user: usize)
 /// Outer `Err`: nothing happens (the savepoint rolls back, the entry stays for a retry).
 /// Inner `Err`: the entry is dropped (committed) and the caller gets that error.
 fn deliver_tx(conn: &Connection, id: &str, now: OffsetDateTime) -> Result<Result<Option<Appended>>> {
-    let Some(entry) = query_opt(conn, "SELECT id, room_id, sender, body, client_msg_id, deliver_at_ms, created_at_ms FROM scheduled WHERE id = ?1", [id], decode_scheduled)? else {
+    let Some(entry) = query_opt(
+        conn,
+        "SELECT id, room_id, sender, body, client_msg_id, deliver_at_ms, created_at_ms FROM scheduled WHERE id = ?1",
+        [id],
+        decode_scheduled,
+    )?
+    else {
         return Ok(Ok(None));
     };
-    conn.prepare_cached("DELETE FROM scheduled WHERE id = ?1").db()?.execute([id]).db()?;
+    conn.prepare_cached("DELETE FROM scheduled WHERE id = ?1")
+        .db()?
+        .execute([id])
+        .db()?;
     let message = NewMessage {
         id: entry.id,
         room_id: entry.room_id,
@@ -864,10 +1053,16 @@ impl Store for SqliteStore {
 
     async fn touch_user(&self, address: Address, now: OffsetDateTime) -> Result<User> {
         self.write(move |c| {
-            let sql = "INSERT INTO users (address, display_name, created_at_ms, last_seen_at_ms) VALUES (?1, NULL, ?2, ?2)
+            let sql =
+                "INSERT INTO users (address, display_name, created_at_ms, last_seen_at_ms) VALUES (?1, NULL, ?2, ?2)
                        ON CONFLICT (address) DO UPDATE SET last_seen_at_ms = excluded.last_seen_at_ms
                        RETURNING address, display_name, created_at_ms, last_seen_at_ms";
-            c.prepare_cached(sql).db()?.query_row(params![address.to_lower_hex(), model::to_unix_ms(now)], |r| Ok(decode_user(r))).db()?
+            c.prepare_cached(sql)
+                .db()?
+                .query_row(params![address.to_lower_hex(), model::to_unix_ms(now)], |r| {
+                    Ok(decode_user(r))
+                })
+                .db()?
         })
         .await
     }
@@ -916,7 +1111,9 @@ impl Store for SqliteStore {
         let token_hash = token_hash.to_string();
         self.write(move |c| {
             let changed = c
-                .prepare_cached("UPDATE sessions SET revoked_at_ms = ?2 WHERE token_hash = ?1 AND revoked_at_ms IS NULL")
+                .prepare_cached(
+                    "UPDATE sessions SET revoked_at_ms = ?2 WHERE token_hash = ?1 AND revoked_at_ms IS NULL",
+                )
                 .db()?
                 .execute(params![token_hash, model::to_unix_ms(now)])
                 .db()?;
@@ -947,22 +1144,36 @@ impl Store for SqliteStore {
         self.write(move |c| create_room_tx(c, &room, limits)).await
     }
 
-    async fn get_or_create_dm(&self, id_if_new: String, a: Address, b: Address, now: OffsetDateTime, limits: MembershipLimits) -> Result<(Room, bool)> {
+    async fn get_or_create_dm(
+        &self,
+        id_if_new: String,
+        a: Address,
+        b: Address,
+        now: OffsetDateTime,
+        limits: MembershipLimits,
+    ) -> Result<(Room, bool)> {
         if a == b {
-            return Err(Error::InvalidRequest("a direct-message room needs two different addresses".into()));
+            return Err(Error::InvalidRequest(
+                "a direct-message room needs two different addresses".into(),
+            ));
         }
         // Most calls find the room: answer those from a reader without queueing a write.
         let key = dm_key(a, b);
         let existing = self
-            .read(move |c| match query_opt(c, "SELECT id FROM rooms WHERE dm_key = ?1", [&key], |r| r.get::<_, String>(0).db())? {
-                Some(id) => load_room(c, &id),
-                None => Ok(None),
+            .read(move |c| {
+                match query_opt(c, "SELECT id FROM rooms WHERE dm_key = ?1", [&key], |r| {
+                    r.get::<_, String>(0).db()
+                })? {
+                    Some(id) => load_room(c, &id),
+                    None => Ok(None),
+                }
             })
             .await?;
         if let Some(room) = existing {
             return Ok((room, false));
         }
-        self.write(move |c| get_or_create_dm_tx(c, &id_if_new, a, b, now, limits)).await
+        self.write(move |c| get_or_create_dm_tx(c, &id_if_new, a, b, now, limits))
+            .await
     }
 
     async fn get_room(&self, room_id: &str) -> Result<Option<Room>> {
@@ -986,7 +1197,12 @@ impl Store for SqliteStore {
                 "SELECT o.room_id, o.address FROM members m JOIN members o ON o.room_id = m.room_id
                  WHERE m.address = ?1 ORDER BY o.room_id, o.address",
                 [&key],
-                |r| Ok((r.get::<_, String>(0).db()?, parse_address(&r.get::<_, String>(1).db()?)?)),
+                |r| {
+                    Ok((
+                        r.get::<_, String>(0).db()?,
+                        parse_address(&r.get::<_, String>(1).db()?)?,
+                    ))
+                },
             )?;
             for (room_id, member) in pairs {
                 if let Some(&i) = index.get(&room_id) {
@@ -1040,8 +1256,14 @@ impl Store for SqliteStore {
         let room_id = room_id.to_string();
         self.read(move |c| {
             let (sql, seq) = match page {
-                HistoryPage::After(after) => (format!("{MESSAGE_SELECT} WHERE room_id = ?1 AND seq > ?2 ORDER BY seq ASC LIMIT ?3"), after),
-                HistoryPage::Before(before) => (format!("{MESSAGE_SELECT} WHERE room_id = ?1 AND seq < ?2 ORDER BY seq DESC LIMIT ?3"), before),
+                HistoryPage::After(after) => (
+                    format!("{MESSAGE_SELECT} WHERE room_id = ?1 AND seq > ?2 ORDER BY seq ASC LIMIT ?3"),
+                    after,
+                ),
+                HistoryPage::Before(before) => (
+                    format!("{MESSAGE_SELECT} WHERE room_id = ?1 AND seq < ?2 ORDER BY seq DESC LIMIT ?3"),
+                    before,
+                ),
             };
             query_all(c, &sql, params![room_id, seq, sql_limit(limit)], decode_message)
         })
@@ -1075,13 +1297,18 @@ impl Store for SqliteStore {
 
     /// Also refuses with `IdempotencyConflict` when the existing entry's room or body differs,
     /// and checks the room exists and the sender is a member.
-    async fn schedule_message(&self, message: ScheduledMessage, max_per_user: usize) -> Result<(ScheduledMessage, bool)> {
+    async fn schedule_message(
+        &self,
+        message: ScheduledMessage,
+        max_per_user: usize,
+    ) -> Result<(ScheduledMessage, bool)> {
         self.write(move |c| schedule_tx(c, &message, max_per_user)).await
     }
 
     async fn find_scheduled(&self, sender: Address, client_msg_id: &str) -> Result<Option<ScheduledMessage>> {
         let client_msg_id = client_msg_id.to_string();
-        self.read(move |c| find_scheduled_entry(c, sender, &client_msg_id)).await
+        self.read(move |c| find_scheduled_entry(c, sender, &client_msg_id))
+            .await
     }
 
     async fn due_scheduled(&self, now: OffsetDateTime, limit: usize) -> Result<Vec<ScheduledMessage>> {
@@ -1090,7 +1317,12 @@ impl Store for SqliteStore {
         }
         self.read(move |c| {
             let sql = format!("{SCHEDULED_SELECT} WHERE deliver_at_ms <= ?1 ORDER BY deliver_at_ms, id LIMIT ?2");
-            query_all(c, &sql, params![model::to_unix_ms(now), sql_limit(limit)], decode_scheduled)
+            query_all(
+                c,
+                &sql,
+                params![model::to_unix_ms(now), sql_limit(limit)],
+                decode_scheduled,
+            )
         })
         .await
     }
@@ -1107,7 +1339,12 @@ impl Store for SqliteStore {
 
     async fn get_ban(&self, address: Address) -> Result<Option<Ban>> {
         self.read(move |c| {
-            query_opt(c, "SELECT address, reason, banned_by, created_at_ms, until_ms FROM bans WHERE address = ?1", [address.to_lower_hex()], decode_ban)
+            query_opt(
+                c,
+                "SELECT address, reason, banned_by, created_at_ms, until_ms FROM bans WHERE address = ?1",
+                [address.to_lower_hex()],
+                decode_ban,
+            )
         })
         .await
     }
@@ -1128,15 +1365,23 @@ impl Store for SqliteStore {
                     // without scanning the messages table.
                     messages: n("SELECT COALESCE(SUM(last_seq), 0) FROM rooms")?,
                     scheduled: n("SELECT COUNT(*) FROM scheduled")?,
-                    active_sessions: u64::try_from(count(c, "SELECT COUNT(*) FROM sessions WHERE revoked_at_ms IS NULL AND expires_at_ms > ?1", [now])?)
-                        .unwrap_or(0),
+                    active_sessions: u64::try_from(count(
+                        c,
+                        "SELECT COUNT(*) FROM sessions WHERE revoked_at_ms IS NULL AND expires_at_ms > ?1",
+                        [now],
+                    )?)
+                    .unwrap_or(0),
                     bytes_on_disk: 0,
                 })
             })
             .await?;
         let mut wal = self.path.clone().into_os_string();
         wal.push("-wal");
-        stats.bytes_on_disk = [self.path.clone(), PathBuf::from(wal)].iter().filter_map(|p| std::fs::metadata(p).ok()).map(|m| m.len()).sum();
+        stats.bytes_on_disk = [self.path.clone(), PathBuf::from(wal)]
+            .iter()
+            .filter_map(|p| std::fs::metadata(p).ok())
+            .map(|m| m.len())
+            .sum();
         Ok(stats)
     }
 }

@@ -148,7 +148,7 @@ export async function startServer({ env = {}, dataDir, timeoutMs = START_TIMEOUT
   const childEnv = { ...process.env, NO_COLOR: '1', ...env };
   // Never inherit a stray configuration from the developer's shell.
   for (const k of Object.keys(childEnv)) {
-    if (k.startsWith('COOLCHAT__') && !(k in env)) delete childEnv[k];
+    if ((k.startsWith('COOLCHAT__') || k === 'COOLCHAT_CONFIG') && !(k in env)) delete childEnv[k];
   }
   const proc = spawn(BIN, ['serve', '--listen', '127.0.0.1:0', '--data-dir', dir], {
     env: childEnv,
@@ -613,15 +613,18 @@ export function assertRoom(r, expect = {}) {
 }
 
 /**
- * Lifecycle for a test file: `const ctx = useServer({env})` inside a top-level `describe` or at
- * file level registers `before` (start) and `after` (close sockets, graceful stop asserting exit
- * code 0). `ctx.server`, `ctx.url` are set once started.
+ * Lifecycle for a test file: `const ctx = useServer({before, after}, {env, setup})` at file level
+ * registers `before` (start, then `setup(ctx)`) and `after` (close sockets, graceful stop
+ * asserting exit code 0). `ctx.server`, `ctx.url` are set once started.
  */
-export function useServer(hooks, { env = {} } = {}) {
+export function useServer(hooks, { env = {}, setup } = {}) {
   const ctx = { server: null, url: null };
+  // One hook only: Node 20 does not serialise several root-level `before` hooks, so any seeding
+  // that needs the server goes into `setup(ctx)`, run here once the server is up.
   hooks.before(async () => {
     ctx.server = await startServer({ env });
     ctx.url = ctx.server.url;
+    if (setup) await setup(ctx);
   });
   hooks.after(async () => {
     closeAllSockets();
