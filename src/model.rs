@@ -103,6 +103,10 @@ pub struct Message {
     pub client_msg_id: String,
     #[serde(skip_serializing_if = "Vec::is_empty", default)]
     pub media: Vec<MediaRef>,
+    /// A tombstone: the message was deleted by an operator (or its sender erased). It keeps its
+    /// `seq` so the room's sequence stays gap-free; `body` is empty and `media` gone.
+    #[serde(skip_serializing_if = "std::ops::Not::not", default)]
+    pub deleted: bool,
 }
 
 /// What the send pipeline asks the store to append.
@@ -167,4 +171,21 @@ impl Ban {
     pub fn active_at(&self, now: OffsetDateTime) -> bool {
         self.until.is_none_or(|u| u > now)
     }
+}
+
+/// One line of the operator audit log: who did what to whom, when.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuditEntry {
+    /// Assigned by the store (0 when appending).
+    pub id: i64,
+    #[serde(with = "rfc3339")]
+    pub at: OffsetDateTime,
+    /// Who acted, e.g. `admin:root@host`.
+    pub actor: String,
+    /// e.g. `ban`, `unban`, `delete_message`, `revoke_sessions`, `remove_member`, `delete_user`.
+    pub action: String,
+    /// The address, room or message acted on.
+    pub target: String,
+    /// Free-form details (reason, until, counts).
+    pub detail: serde_json::Value,
 }

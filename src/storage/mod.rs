@@ -17,7 +17,7 @@ pub mod sqlite;
 
 use crate::address::Address;
 use crate::error::Result;
-use crate::model::{Appended, Ban, Message, NewMessage, Room, ScheduledMessage, Session, User};
+use crate::model::{Appended, AuditEntry, Ban, Message, NewMessage, Room, ScheduledMessage, Session, User};
 use async_trait::async_trait;
 use time::OffsetDateTime;
 
@@ -64,7 +64,21 @@ pub struct StoreStats {
     pub messages: u64,
     pub scheduled: u64,
     pub active_sessions: u64,
+    /// Messages created in the last 60 seconds.
+    pub messages_last_minute: u64,
+    pub bans: u64,
     pub bytes_on_disk: u64,
+}
+
+/// What an erasure removed (`admin delete-user`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct ErasureReport {
+    pub messages_tombstoned: u64,
+    pub memberships_removed: u64,
+    pub sessions_deleted: u64,
+    pub scheduled_deleted: u64,
+    /// Rooms the user was removed from (their members must be told).
+    pub rooms: Vec<String>,
 }
 
 /// The durable store. See the module docs for the guarantees every implementation gives.
@@ -136,4 +150,50 @@ pub trait Store: Send + Sync + 'static {
 
     // --- operations ----------------------------------------------------------------------
     async fn stats(&self) -> Result<StoreStats>;
+
+    // --- operator (admin) ----------------------------------------------------------------
+    /// Creates or replaces the ban of `ban.address`.
+    async fn put_ban(&self, ban: Ban) -> Result<()>;
+    /// Removes a ban; false if there was none.
+    async fn delete_ban(&self, address: Address) -> Result<bool>;
+    /// Every ban (active or expired), newest first.
+    async fn list_bans(&self) -> Result<Vec<Ban>>;
+    /// Appends to the audit log; returns the entry's id.
+    async fn append_audit(&self, entry: AuditEntry) -> Result<i64>;
+    /// The newest `limit` audit entries, newest first; only those about `target` if given.
+    async fn list_audit(&self, target: Option<String>, limit: usize) -> Result<Vec<AuditEntry>>;
+    /// Users ordered by address, strictly after `after`.
+    async fn list_users(&self, after: Option<Address>, limit: usize) -> Result<Vec<User>>;
+    /// Every session of an address (live, revoked, expired), newest first.
+    async fn sessions_of(&self, address: Address) -> Result<Vec<Session>>;
+    /// Rooms ordered by id, strictly after `after`.
+    async fn list_rooms(&self, after: Option<String>, limit: usize) -> Result<Vec<Room>>;
+    async fn get_message(&self, id: &str) -> Result<Option<Message>>;
+    /// Messages sent by an address (tombstones excluded), ordered by (room_id, seq), strictly
+    /// after the `(room_id, seq)` position given.
+    async fn messages_of(&self, address: Address, after: Option<(String, i64)>, limit: usize) -> Result<Vec<Message>>;
+    /// Number of non-deleted messages sent by an address.
+    async fn count_messages_of(&self, address: Address) -> Result<u64>;
+    /// Pending scheduled messages of an address.
+    async fn scheduled_of(&self, address: Address) -> Result<Vec<ScheduledMessage>>;
+    /// Turns a message into a tombstone (empty body, no media, `deleted = true`, same seq).
+    /// Returns the tombstone, or `None` for an unknown id. Idempotent.
+    async fn tombstone_message(&self, id: &str) -> Result<Option<Message>>;
+    /// Tombstones up to `limit` of an address's messages in one transaction; returns them.
+    /// Call until it returns an empty list.
+    async fn tombstone_messages_of(&self, address: Address, limit: usize) -> Result<Vec<Message>>;
+    /// Erasure: tombstones every message of the address, removes its memberships, sessions,
+    /// scheduled messages, read markers and user row. Bans and audit entries stay (they are the
+    /// operator's record). One transaction.
+    async fn erase_user(&self, address: Address) -> Result<ErasureReport>;
+
+    // --- control channel -----------------------------------------------------------------
+    /// Appends an event (serialised `BusEvent` JSON) to the control log, for nodes in other
+    /// processes that share this store (`coolchat admin` against an embedded node). Returns
+    /// its id.
+    async fn push_control(&self, event_json: String, now: OffsetDateTime) -> Result<i64>;
+    /// Control events with id > `after`, oldest first.
+    async fn control_since(&self, after: i64, limit: usize) -> Result<Vec<(i64, String)>>;
+    /// The newest control id (0 when empty): where a starting node begins watching.
+    async fn last_control_id(&self) -> Result<i64>;
 }
