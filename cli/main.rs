@@ -2,6 +2,7 @@
 //! command-line input into library calls and library errors into exit codes (0 ok, 1 error,
 //! 2 usage or configuration).
 
+mod admin;
 mod serve;
 
 use anyhow::Result;
@@ -40,9 +41,9 @@ enum Command {
     /// Create or upgrade everything the configured backends need. Idempotent.
     #[command(after_help = "Examples:\n  coolchat migrate\n  coolchat migrate --data-dir /var/lib/coolchat")]
     Migrate(CommonOpts),
-    /// Operator tasks: bans, users, rooms, stats.
-    #[command(after_help = "Examples:\n  coolchat admin stats\n  coolchat admin --help")]
-    Admin(CommonOpts),
+    /// Operator tasks: bans, sessions, users, rooms, messages, stats, export, erasure.
+    #[command(after_help = "Works with or without a running node (same --config/--data-dir as serve).\n\nExamples:\n  coolchat admin ban 0xAb5801a7D398351b8bE11C439e05C5B3259aeC9B --reason spam --for 7d\n  coolchat admin users show 0xAb5801a7D398351b8bE11C439e05C5B3259aeC9B\n  coolchat admin stats --json")]
+    Admin(admin::AdminArgs),
     /// Load generator: real SIWE logins and Socket.IO clients against a running node.
     #[command(after_help = "Examples:\n  coolchat bench --url http://127.0.0.1:8080")]
     Bench(BenchArgs),
@@ -69,7 +70,8 @@ fn main() -> ExitCode {
             Command::Serve(args) => serve::run(args).await,
             Command::Migrate(opts) => migrate(opts).await,
             Command::Worker(opts) => worker(opts).await,
-            Command::Admin(_) | Command::Bench(_) => {
+            Command::Admin(args) => admin::run(args).await,
+            Command::Bench(_) => {
                 eprintln!("error: this subcommand is not available in this release yet");
                 Ok(ExitCode::from(2))
             }

@@ -29,6 +29,7 @@ pub async fn run(args: ServeArgs) -> Result<ExitCode> {
         Err(code) => return Ok(code),
     };
     coolchat::logging::init(&config.server.log_level, config.server.production);
+    raise_open_file_limit();
     let addr = config.listen_addr()?;
     let listener = coolchat::gateway::bind(addr).await?;
     let local = listener.local_addr().context("reading the bound address")?;
@@ -55,12 +56,23 @@ pub async fn run(args: ServeArgs) -> Result<ExitCode> {
         Duration::from_millis(config.queue.scheduler_interval_ms),
         stop.clone(),
     ));
+    let control = (config.bus.backend == "local").then(|| {
+        tokio::spawn(coolchat::worker::run_control_watcher(
+            backends.store.clone(),
+            backends.bus.clone(),
+            Duration::from_millis(config.server.control_poll_ms),
+            stop.clone(),
+        ))
+    });
     tokio::spawn(wait_for_signal(stop.clone()));
 
     let grace = Duration::from_secs(config.server.shutdown_grace_secs);
     coolchat::gateway::serve(listener, svc, stop.clone(), grace).await?;
     stop.cancel();
     let _ = scheduler.await;
+    if let Some(control) = control {
+        let _ = control.await;
+    }
     backends.store.close().await.context("flushing the store")?;
     tracing::info!("stopped cleanly");
     Ok(ExitCode::SUCCESS)
@@ -80,4 +92,12 @@ async fn wait_for_signal(stop: CancellationToken) {
         _ = int.recv() => tracing::info!("SIGINT received"),
     }
     stop.cancel();
+}
+
+/// Every socket is a file descriptor: lift the soft limit to the hard one.
+fn raise_open_file_limit() {
+    match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(n) => tracing::info!(open_files = n, "open-file limit"),
+        Err(e) => tracing::warn!(error = %e, "could not raise the open-file limit"),
+    }
 }

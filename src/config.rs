@@ -50,6 +50,9 @@ pub struct ServerConfig {
     pub log_level: String,
     /// Seconds to wait for in-flight work on shutdown before giving up.
     pub shutdown_grace_secs: u64,
+    /// How often, in milliseconds, an embedded node looks for commands from `coolchat admin`
+    /// (bans, revocations, deletions) in the store's control log.
+    pub control_poll_ms: u64,
 }
 
 impl Default for ServerConfig {
@@ -61,6 +64,7 @@ impl Default for ServerConfig {
             production: false,
             log_level: "info".into(),
             shutdown_grace_secs: 10,
+            control_poll_ms: 200,
         }
     }
 }
@@ -371,6 +375,9 @@ impl Config {
         }
         if self.bus.backend != "local" {
             return Err(bad("bus.backend", format!("unknown backend `{}` (available: local)", self.bus.backend)));
+        }
+        if self.server.control_poll_ms == 0 || self.server.control_poll_ms > 1000 {
+            return Err(bad("server.control_poll_ms", "must be between 1 and 1000 (bans must reach sockets within a second)"));
         }
         if self.bus.capacity == 0 {
             return Err(bad("bus.capacity", "must be greater than 0"));

@@ -14,6 +14,7 @@
 //! See `docs/ARCHITECTURE.md` for the map and the invariants.
 
 pub mod address;
+pub mod admin;
 pub mod auth;
 pub mod backends;
 pub mod bus;

@@ -74,3 +74,43 @@ pub async fn run_scheduler(store: Arc<dyn Store>, queue: Arc<dyn SendQueue>, int
         }
     }
 }
+
+/// Replays the store's control log (written by `coolchat admin` in another process) onto this
+/// node's bus, so bans, revocations and deletions reach live sockets within `interval`. Starts
+/// after the newest entry present at start-up: older entries concern sockets that no longer
+/// exist.
+pub async fn run_control_watcher(store: Arc<dyn Store>, bus: Arc<dyn Bus>, interval: Duration, stop: CancellationToken) {
+    let mut last = match store.last_control_id().await {
+        Ok(id) => id,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot read the control log; admin commands will not reach live sockets");
+            return;
+        }
+    };
+    let mut tick = tokio::time::interval(interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let events = match store.control_since(last, 1024).await {
+            Ok(events) => events,
+            Err(e) => {
+                tracing::warn!(error = %e, "could not read the control log");
+                continue;
+            }
+        };
+        for (id, json) in events {
+            last = id;
+            match serde_json::from_str::<BusEvent>(&json) {
+                Ok(event) => {
+                    if let Err(e) = bus.publish(event) {
+                        tracing::warn!(error = %e, control_id = id, "could not publish a control event");
+                    }
+                }
+                Err(e) => tracing::warn!(error = %e, control_id = id, "unreadable control event skipped"),
+            }
+        }
+    }
+}

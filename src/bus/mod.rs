@@ -53,6 +53,8 @@ pub enum BusEvent {
     SessionsEnded { token_hashes: Vec<String>, reason: EndReason },
     /// Every session of this address is over (ban); every node closes its sockets.
     AddressEnded { address: Address, reason: EndReason },
+    /// A message became a tombstone (operator deletion, ban purge, erasure).
+    MessageDeleted { room_id: String, id: String, seq: i64 },
 }
 
 /// The bus. See the module docs.

@@ -66,6 +66,9 @@ async fn dispatch(io: &SocketIo, event: BusEvent) -> Result<(), socketioxide::Br
         BusEvent::AddressEnded { address, reason } => {
             end_sockets(io, user_room(&address), reason.code()).await;
         }
+        BusEvent::MessageDeleted { room_id, id, seq } => {
+            io.to(room_id.clone()).emit("message:deleted", &json!({"room_id": room_id, "id": id, "seq": seq})).await?;
+        }
     }
     Ok(())
 }

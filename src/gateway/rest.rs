@@ -176,9 +176,17 @@ pub fn routes(svc: ChatService) -> BoxedFilter<(Response,)> {
 
     let metrics: Resp = warp::path!("metrics")
         .and(warp::get())
-        .map(move || {
-            let text = crate::metrics::render(&metrics_handle);
-            warp::reply::with_header(text, "content-type", "text/plain; version=0.0.4").into_response()
+        .and(with_svc(svc.clone()))
+        .then(move |svc: ChatService| {
+            let handle = metrics_handle.clone();
+            async move {
+                if let Ok((online, depth)) = svc.live_gauges().await {
+                    metrics::gauge!("coolchat_online_users").set(online as f64);
+                    metrics::gauge!("coolchat_queue_depth").set(depth as f64);
+                }
+                let text = crate::metrics::render(&handle);
+                warp::reply::with_header(text, "content-type", "text/plain; version=0.0.4").into_response()
+            }
         })
         .boxed();
 

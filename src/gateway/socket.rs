@@ -172,6 +172,9 @@ fn register_events(s: &SocketRef, svc: &ChatService) {
                 if req.room_id.is_empty() {
                     return Err(Error::InvalidRequest("room_id is required".into()));
                 }
+                // The bus may drop a revocation; the store never does. A revoked, expired or
+                // banned session cannot send even on a socket that is still open.
+                svc.recheck(&who).await?;
                 svc.send(&who, req).await
             }
             .await;

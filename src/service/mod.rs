@@ -150,6 +150,19 @@ impl ChatService {
         Ok(Identity { address: session.address, token_hash, expires_at: session.expires_at })
     }
 
+    /// Re-validates an identity resolved earlier (e.g. at socket connect).
+    pub async fn recheck(&self, who: &Identity) -> Result<()> {
+        let session = self.store().get_session(&who.token_hash).await?.ok_or(Error::InvalidToken)?;
+        let now = model::now_ms();
+        if session.revoked_at.is_some() {
+            return Err(Error::TokenRevoked);
+        }
+        if session.expires_at <= now {
+            return Err(Error::TokenExpired);
+        }
+        self.check_not_banned(session.address, now).await
+    }
+
     async fn check_not_banned(&self, address: Address, now: OffsetDateTime) -> Result<()> {
         match self.store().get_ban(address).await? {
             Some(ban) if ban.active_at(now) => Err(Error::Banned { until: ban.until.map(model::fmt_time) }),
@@ -440,6 +453,11 @@ impl ChatService {
     }
 
     // --- operations ----------------------------------------------------------------------
+
+    /// Live figures for `/metrics` (online users, sends in flight).
+    pub async fn live_gauges(&self) -> Result<(u64, u64)> {
+        Ok((self.state().online_count().await?, self.inner.backends.queue.depth()))
+    }
 
     /// Pings every backend; the first failure names the backend.
     pub async fn readiness(&self) -> Vec<(&'static str, Result<()>)> {

@@ -8,7 +8,7 @@
 //!
 //! * **One writer thread** (a plain `std::thread`) owns the only read-write connection. Every
 //!   write (users, sessions, rooms, members, messages, read markers, scheduled messages, bans,
-//!   migrations) is a command sent to it over a channel, with a `oneshot` for its answer. This
+//!   audit entries, tombstones, erasures, control events, migrations) is a command sent to it over a channel, with a `oneshot` for its answer. This
 //!   serializes writes without lock contention and makes "allocate the room's next `seq` and
 //!   insert the message" one uninterrupted step, which is what makes `seq` gap-free and
 //!   visibility follow `seq`.
@@ -27,14 +27,29 @@
 //!
 //! Schema changes are `PRAGMA user_version` migrations ([`MIGRATIONS`]), applied by
 //! [`SqliteStore::open`] and by [`Store::migrate`]. Addresses are stored as lower-case hex,
-//! times as unix milliseconds.
+//! times as unix milliseconds, JSON values (media, audit details, control events) as TEXT.
+//!
+//! # Deleted messages
+//!
+//! Messages are never removed: an operator deletion (or an erasure) turns a row into a
+//! *tombstone* in place (`deleted = 1`, `body = ''`, `media_json = NULL`), keeping its room, seq,
+//! id, sender, `client_msg_id` and time. So seqs stay gap-free, and a retry of the original send
+//! (same sender and `client_msg_id`) finds the tombstone and gets it back (`created = false`)
+//! instead of being sent again under a new seq.
+//!
+//! # Control events
+//!
+//! `control_events` is a small log that lets a process sharing the file (`coolchat admin`)
+//! reach the running node: it appends, the node polls [`Store::control_since`]. Each
+//! [`Store::push_control`] also deletes events more than [`CONTROL_RETENTION_MS`] old, so the
+//! table only ever holds the last hour.
 
 use crate::address::Address;
 use crate::error::{Error, Result};
 use crate::model::{
-    self, Appended, Ban, MediaRef, Message, NewMessage, Room, RoomKind, ScheduledMessage, Session, User,
+    self, Appended, AuditEntry, Ban, MediaRef, Message, NewMessage, Room, RoomKind, ScheduledMessage, Session, User,
 };
-use crate::storage::{HistoryPage, MembershipChange, MembershipLimits, NewRoom, Store, StoreStats};
+use crate::storage::{ErasureReport, HistoryPage, MembershipChange, MembershipLimits, NewRoom, Store, StoreStats};
 use async_trait::async_trait;
 use rusqlite::{Connection, OpenFlags, OptionalExtension, Row, params};
 use std::collections::{BTreeSet, HashMap};
@@ -55,6 +70,10 @@ const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 /// Prepared statements kept per connection (`prepare_cached`); above the number of distinct
 /// statements in this file so the hot ones are never evicted.
 const STATEMENT_CACHE: usize = 96;
+
+/// Control events older than this (relative to the `now` of the latest
+/// [`Store::push_control`]) are pruned: one hour.
+pub const CONTROL_RETENTION_MS: i64 = 60 * 60 * 1000;
 
 /// Tuning of [`SqliteStore`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -166,41 +185,6 @@ impl SqliteStore {
     /// `n / commits()` is the average group-commit batch size.
     pub fn commits(&self) -> u64 {
         self.commits.load(Ordering::Relaxed)
-    }
-
-    /// Creates or replaces the ban of `ban.address`.
-    pub async fn put_ban(&self, ban: &Ban) -> Result<()> {
-        let ban = ban.clone();
-        self.write(move |c| {
-            c.prepare_cached(
-                "INSERT INTO bans (address, reason, banned_by, created_at_ms, until_ms) VALUES (?1, ?2, ?3, ?4, ?5)
-                 ON CONFLICT (address) DO UPDATE SET reason = excluded.reason, banned_by = excluded.banned_by,
-                     created_at_ms = excluded.created_at_ms, until_ms = excluded.until_ms",
-            )
-            .db()?
-            .execute(params![
-                ban.address.to_lower_hex(),
-                ban.reason,
-                ban.banned_by,
-                model::to_unix_ms(ban.created_at),
-                ban.until.map(model::to_unix_ms)
-            ])
-            .db()?;
-            Ok(())
-        })
-        .await
-    }
-
-    /// Lifts the ban of `address`; false when there was none.
-    pub async fn delete_ban(&self, address: Address) -> Result<bool> {
-        self.write(move |c| {
-            Ok(c.prepare_cached("DELETE FROM bans WHERE address = ?1")
-                .db()?
-                .execute([address.to_lower_hex()])
-                .db()?
-                > 0)
-        })
-        .await
     }
 
     /// Runs `f` on the writer thread, in the next batch's transaction, inside its own savepoint.
@@ -482,6 +466,26 @@ pub const MIGRATIONS: &[&str] = &[
         target      TEXT,
         detail_json TEXT
     );",
+    // 2: operator tools and the control channel.
+    // * `deleted`: tombstones (see the module docs).
+    // * `messages_by_sender`: a sender's live messages in (room_id, seq) order, for
+    //   `messages_of`, `count_messages_of`, `tombstone_messages_of` and erasure. `deleted` sits
+    //   before (room_id, seq) so that skipping tombstones is an index range rather than a filter
+    //   (batched tombstoning would otherwise rescan the growing tombstone prefix every batch).
+    // * `messages_tombstones`: partial index, so `stats` counts tombstones without a scan.
+    // * `messages_created`: `stats().messages_last_minute`.
+    // * `audit_log_by_target`: `list_audit` filtered by target, newest first.
+    "ALTER TABLE messages ADD COLUMN deleted INTEGER NOT NULL DEFAULT 0;
+    CREATE INDEX messages_by_sender ON messages (sender, deleted, room_id, seq);
+    CREATE INDEX messages_tombstones ON messages (deleted) WHERE deleted = 1;
+    CREATE INDEX messages_created ON messages (created_at_ms);
+    CREATE TABLE control_events (
+        id         INTEGER PRIMARY KEY AUTOINCREMENT,
+        at_ms      INTEGER NOT NULL,
+        event_json TEXT NOT NULL
+    );
+    CREATE INDEX control_events_by_at ON control_events (at_ms);
+    CREATE INDEX audit_log_by_target ON audit_log (target, id);",
 ];
 
 /// Applies the migrations `user_version` says are missing. Runs inside the caller's transaction
@@ -615,8 +619,18 @@ fn decode_room(row: &Row<'_>) -> Result<Room> {
     })
 }
 
-const MESSAGE_SELECT: &str =
-    "SELECT room_id, seq, id, sender, body, client_msg_id, created_at_ms, media_json FROM messages";
+/// The columns [`decode_message`] reads, in its order (a macro so it can be `concat!`ed).
+macro_rules! message_cols {
+    () => {
+        "room_id, seq, id, sender, body, client_msg_id, created_at_ms, media_json, deleted"
+    };
+}
+
+const MESSAGE_SELECT: &str = concat!("SELECT ", message_cols!(), " FROM messages");
+
+/// Turns the matched rows into tombstones; the caller appends `WHERE ...` (and gets the
+/// tombstones back through `RETURNING`).
+const TOMBSTONE_UPDATE: &str = "UPDATE messages SET body = '', media_json = NULL, deleted = 1";
 
 fn decode_message(row: &Row<'_>) -> Result<Message> {
     let media = match row.get::<_, Option<String>>(7).db()? {
@@ -633,6 +647,7 @@ fn decode_message(row: &Row<'_>) -> Result<Message> {
         client_msg_id: row.get(5).db()?,
         created_at: model::from_unix_ms(row.get(6).db()?),
         media,
+        deleted: row.get::<_, i64>(8).db()? != 0,
     })
 }
 
@@ -660,6 +675,31 @@ fn decode_ban(row: &Row<'_>) -> Result<Ban> {
         until: row.get::<_, Option<i64>>(4).db()?.map(model::from_unix_ms),
     })
 }
+
+const AUDIT_SELECT: &str = "SELECT id, at_ms, actor, action, target, detail_json FROM audit_log";
+
+/// An audit row; a NULL target reads as `""` and a NULL detail as JSON `null`.
+fn decode_audit(row: &Row<'_>) -> Result<AuditEntry> {
+    let detail = match row.get::<_, Option<String>>(5).db()? {
+        None => serde_json::Value::Null,
+        Some(json) => serde_json::from_str(&json)
+            .map_err(|e| Error::Internal(format!("corrupt detail_json in sqlite: {e}")))?,
+    };
+    Ok(AuditEntry {
+        id: row.get(0).db()?,
+        at: model::from_unix_ms(row.get(1).db()?),
+        actor: row.get(2).db()?,
+        action: row.get(3).db()?,
+        target: row.get::<_, Option<String>>(4).db()?.unwrap_or_default(),
+        detail,
+    })
+}
+
+const SESSION_SELECT: &str = "SELECT token_hash, address, created_at_ms, expires_at_ms, revoked_at_ms FROM sessions";
+
+const BAN_SELECT: &str = "SELECT address, reason, banned_by, created_at_ms, until_ms FROM bans";
+
+const ROOM_SELECT: &str = "SELECT id, kind, name, created_by, created_at_ms, last_seq FROM rooms";
 
 // --- queries shared by reads and writes --------------------------------------------------
 
@@ -719,7 +759,7 @@ fn member_exists(conn: &Connection, room_id: &str, address: Address) -> Result<b
 fn find_message(conn: &Connection, sender: Address, client_msg_id: &str) -> Result<Option<Message>> {
     query_opt(
         conn,
-        "SELECT room_id, seq, id, sender, body, client_msg_id, created_at_ms, media_json FROM messages WHERE sender = ?1 AND client_msg_id = ?2",
+        concat!("SELECT ", message_cols!(), " FROM messages WHERE sender = ?1 AND client_msg_id = ?2"),
         params![sender.to_lower_hex(), client_msg_id],
         decode_message,
     )
@@ -895,6 +935,14 @@ fn remove_member_tx(conn: &Connection, room_id: &str, address: Address) -> Resul
 /// all inside the caller's (writer's) transaction.
 fn append_tx(conn: &Connection, msg: &NewMessage) -> Result<Appended> {
     if let Some(existing) = find_message(conn, msg.sender, &msg.client_msg_id)? {
+        // A tombstone answers its retries as itself: its body is gone, so it cannot be compared,
+        // and sending it again under a new seq would undo the deletion.
+        if existing.deleted {
+            return Ok(Appended {
+                message: existing,
+                created: false,
+            });
+        }
         if existing.room_id != msg.room_id || existing.body != msg.body {
             return Err(Error::IdempotencyConflict);
         }
@@ -937,6 +985,7 @@ fn append_tx(conn: &Connection, msg: &NewMessage) -> Result<Appended> {
             created_at: msg.created_at,
             client_msg_id: msg.client_msg_id.clone(),
             media: msg.media.clone(),
+            deleted: false,
         },
         created: true,
     })
@@ -1012,6 +1061,71 @@ fn deliver_tx(conn: &Connection, id: &str, now: OffsetDateTime) -> Result<Result
         Err(e @ (Error::NotMember | Error::RoomNotFound | Error::IdempotencyConflict)) => Ok(Err(e)),
         Err(e) => Err(e),
     }
+}
+
+/// Tombstones up to `limit` live messages of `sender`, the first ones in (room_id, seq) order;
+/// returns the tombstones in that order.
+fn tombstone_of_tx(conn: &Connection, sender: Address, limit: usize) -> Result<Vec<Message>> {
+    let sql = format!(
+        "{TOMBSTONE_UPDATE} WHERE (room_id, seq) IN (
+             SELECT room_id, seq FROM messages WHERE sender = ?1 AND deleted = 0 ORDER BY room_id, seq LIMIT ?2
+         ) RETURNING {}",
+        message_cols!()
+    );
+    let mut tombstones = query_all(conn, &sql, params![sender.to_lower_hex(), sql_limit(limit)], decode_message)?;
+    // RETURNING comes in no promised order.
+    tombstones.sort_by(|x, y| (&x.room_id, x.seq).cmp(&(&y.room_id, y.seq)));
+    Ok(tombstones)
+}
+
+/// The whole erasure, in the caller's (writer's) transaction. Rooms the address created keep
+/// their `created_by` (room metadata, like the seqs of its tombstones). The address's DM rooms
+/// lose their pair key, so that a later DM between the same two addresses is a new room rather
+/// than this one, which the erased address is no longer a member of.
+fn erase_tx(conn: &Connection, address: Address) -> Result<ErasureReport> {
+    let key = address.to_lower_hex();
+    let changed = |sql: &str| -> Result<u64> {
+        let n = conn.prepare_cached(sql).db()?.execute([&key]).db()?;
+        Ok(u64::try_from(n).unwrap_or(u64::MAX))
+    };
+    let messages_tombstoned = changed(&format!("{TOMBSTONE_UPDATE} WHERE sender = ?1 AND deleted = 0"))?;
+    let rooms = query_all(
+        conn,
+        "SELECT room_id FROM members WHERE address = ?1 ORDER BY room_id",
+        [&key],
+        |r| r.get::<_, String>(0).db(),
+    )?;
+    changed(
+        "UPDATE rooms SET dm_key = NULL WHERE kind = 'dm' AND dm_key IS NOT NULL
+           AND id IN (SELECT room_id FROM members WHERE address = ?1)",
+    )?;
+    // Read markers live on the membership rows: they go with them.
+    let memberships_removed = changed("DELETE FROM members WHERE address = ?1")?;
+    let sessions_deleted = changed("DELETE FROM sessions WHERE address = ?1")?;
+    let scheduled_deleted = changed("DELETE FROM scheduled WHERE sender = ?1")?;
+    changed("DELETE FROM users WHERE address = ?1")?;
+    Ok(ErasureReport {
+        messages_tombstoned,
+        memberships_removed,
+        sessions_deleted,
+        scheduled_deleted,
+        rooms,
+    })
+}
+
+/// Appends a control event and prunes those older than [`CONTROL_RETENTION_MS`] before `now`.
+fn push_control_tx(conn: &Connection, event_json: &str, now: OffsetDateTime) -> Result<i64> {
+    let now = model::to_unix_ms(now);
+    let id = conn
+        .prepare_cached("INSERT INTO control_events (at_ms, event_json) VALUES (?1, ?2) RETURNING id")
+        .db()?
+        .query_row(params![now, event_json], |r| r.get::<_, i64>(0))
+        .db()?;
+    conn.prepare_cached("DELETE FROM control_events WHERE at_ms < ?1")
+        .db()?
+        .execute([now.saturating_sub(CONTROL_RETENTION_MS)])
+        .db()?;
+    Ok(id)
 }
 
 // --- the trait -----------------------------------------------------------------------------
@@ -1351,26 +1465,37 @@ impl Store for SqliteStore {
 
     // --- operations ------------------------------------------------------------------------
 
-    /// `active_sessions` counts sessions neither revoked nor expired; `bytes_on_disk` is the
-    /// database file plus its `-wal` file.
+    /// `messages` counts messages that are not tombstones; `messages_last_minute` counts every
+    /// message created in the last 60 seconds (tombstoned since or not: it is the send rate);
+    /// `active_sessions` counts sessions neither revoked nor expired; `bans` counts every ban,
+    /// expired ones included; `bytes_on_disk` is the database file plus its `-wal` file.
     async fn stats(&self) -> Result<StoreStats> {
         let now = model::to_unix_ms(model::now_ms());
         let mut stats = self
             .read(move |c| {
                 let n = |sql: &str| -> Result<u64> { Ok(u64::try_from(count(c, sql, [])?).unwrap_or(0)) };
+                let n_at = |sql: &str, at_ms: i64| -> Result<u64> {
+                    Ok(u64::try_from(count(c, sql, [at_ms])?).unwrap_or(0))
+                };
                 Ok(StoreStats {
                     users: n("SELECT COUNT(*) FROM users")?,
                     rooms: n("SELECT COUNT(*) FROM rooms")?,
-                    // Seqs are gap-free and messages are never deleted, so this is the exact count
-                    // without scanning the messages table.
-                    messages: n("SELECT COALESCE(SUM(last_seq), 0) FROM rooms")?,
+                    // Seqs are gap-free and rows are never removed (a deletion leaves a
+                    // tombstone in place), so the sum of the rooms' last seqs is the number of
+                    // rows; minus the tombstones (counted on their partial index) it is the exact
+                    // number of live messages, without scanning the messages table.
+                    messages: n("SELECT (SELECT COALESCE(SUM(last_seq), 0) FROM rooms)
+                                      - (SELECT COUNT(*) FROM messages WHERE deleted = 1)")?,
                     scheduled: n("SELECT COUNT(*) FROM scheduled")?,
-                    active_sessions: u64::try_from(count(
-                        c,
+                    active_sessions: n_at(
                         "SELECT COUNT(*) FROM sessions WHERE revoked_at_ms IS NULL AND expires_at_ms > ?1",
-                        [now],
-                    )?)
-                    .unwrap_or(0),
+                        now,
+                    )?,
+                    messages_last_minute: n_at(
+                        "SELECT COUNT(*) FROM messages WHERE created_at_ms >= ?1",
+                        now.saturating_sub(60_000),
+                    )?,
+                    bans: n("SELECT COUNT(*) FROM bans")?,
                     bytes_on_disk: 0,
                 })
             })
@@ -1383,5 +1508,247 @@ impl Store for SqliteStore {
             .map(|m| m.len())
             .sum();
         Ok(stats)
+    }
+
+    // --- operator (admin) ------------------------------------------------------------------
+
+    async fn put_ban(&self, ban: Ban) -> Result<()> {
+        self.write(move |c| {
+            c.prepare_cached(
+                "INSERT INTO bans (address, reason, banned_by, created_at_ms, until_ms) VALUES (?1, ?2, ?3, ?4, ?5)
+                 ON CONFLICT (address) DO UPDATE SET reason = excluded.reason, banned_by = excluded.banned_by,
+                     created_at_ms = excluded.created_at_ms, until_ms = excluded.until_ms",
+            )
+            .db()?
+            .execute(params![
+                ban.address.to_lower_hex(),
+                ban.reason,
+                ban.banned_by,
+                model::to_unix_ms(ban.created_at),
+                ban.until.map(model::to_unix_ms)
+            ])
+            .db()?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn delete_ban(&self, address: Address) -> Result<bool> {
+        self.write(move |c| {
+            Ok(c.prepare_cached("DELETE FROM bans WHERE address = ?1")
+                .db()?
+                .execute([address.to_lower_hex()])
+                .db()?
+                > 0)
+        })
+        .await
+    }
+
+    /// Newest `created_at` first (ties by address).
+    async fn list_bans(&self) -> Result<Vec<Ban>> {
+        self.read(|c| {
+            let sql = format!("{BAN_SELECT} ORDER BY created_at_ms DESC, address");
+            query_all(c, &sql, [], decode_ban)
+        })
+        .await
+    }
+
+    /// `entry.id` is ignored; `detail` is stored as JSON text.
+    async fn append_audit(&self, entry: AuditEntry) -> Result<i64> {
+        let detail = serde_json::to_string(&entry.detail)
+            .map_err(|e| Error::internal(format!("cannot encode audit detail: {e}")))?;
+        self.write(move |c| {
+            c.prepare_cached(
+                "INSERT INTO audit_log (at_ms, actor, action, target, detail_json) VALUES (?1, ?2, ?3, ?4, ?5) RETURNING id",
+            )
+            .db()?
+            .query_row(
+                params![model::to_unix_ms(entry.at), entry.actor, entry.action, entry.target, detail],
+                |r| r.get::<_, i64>(0),
+            )
+            .db()
+        })
+        .await
+    }
+
+    /// Newest first means highest id first (ids follow insertion).
+    async fn list_audit(&self, target: Option<String>, limit: usize) -> Result<Vec<AuditEntry>> {
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        self.read(move |c| match target {
+            Some(target) => {
+                let sql = format!("{AUDIT_SELECT} WHERE target = ?1 ORDER BY id DESC LIMIT ?2");
+                query_all(c, &sql, params![target, sql_limit(limit)], decode_audit)
+            }
+            None => {
+                let sql = format!("{AUDIT_SELECT} ORDER BY id DESC LIMIT ?1");
+                query_all(c, &sql, [sql_limit(limit)], decode_audit)
+            }
+        })
+        .await
+    }
+
+    /// Ordered by lower-case hex address (the same order as [`Address`]'s `Ord`).
+    async fn list_users(&self, after: Option<Address>, limit: usize) -> Result<Vec<User>> {
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        // Every stored address is `0x…`, so `''` sorts before all of them.
+        let after = after.map(|a| a.to_lower_hex()).unwrap_or_default();
+        self.read(move |c| {
+            let sql = format!("SELECT {USER_COLS} FROM users WHERE address > ?1 ORDER BY address LIMIT ?2");
+            query_all(c, &sql, params![after, sql_limit(limit)], decode_user)
+        })
+        .await
+    }
+
+    /// Newest `created_at` first (ties by token hash, descending).
+    async fn sessions_of(&self, address: Address) -> Result<Vec<Session>> {
+        self.read(move |c| {
+            let sql = format!("{SESSION_SELECT} WHERE address = ?1 ORDER BY created_at_ms DESC, token_hash DESC");
+            query_all(c, &sql, [address.to_lower_hex()], decode_session)
+        })
+        .await
+    }
+
+    /// Each room with its members (sorted by address), as [`Store::get_room`] returns it.
+    async fn list_rooms(&self, after: Option<String>, limit: usize) -> Result<Vec<Room>> {
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        let after = after.unwrap_or_default();
+        self.read(move |c| {
+            let sql = format!("{ROOM_SELECT} WHERE id > ?1 ORDER BY id LIMIT ?2");
+            let mut rooms = query_all(c, &sql, params![after, sql_limit(limit)], decode_room)?;
+            let (Some(first), Some(last)) = (rooms.first(), rooms.last()) else {
+                return Ok(rooms);
+            };
+            // One query for the members of the whole page (same read transaction: same snapshot).
+            let pairs = query_all(
+                c,
+                "SELECT room_id, address FROM members WHERE room_id >= ?1 AND room_id <= ?2 ORDER BY room_id, address",
+                params![first.id, last.id],
+                |r| {
+                    Ok((
+                        r.get::<_, String>(0).db()?,
+                        parse_address(&r.get::<_, String>(1).db()?)?,
+                    ))
+                },
+            )?;
+            let index: HashMap<String, usize> = rooms.iter().enumerate().map(|(i, r)| (r.id.clone(), i)).collect();
+            for (room_id, member) in pairs {
+                if let Some(&i) = index.get(&room_id) {
+                    rooms[i].members.push(member);
+                }
+            }
+            Ok(rooms)
+        })
+        .await
+    }
+
+    /// Tombstones included.
+    async fn get_message(&self, id: &str) -> Result<Option<Message>> {
+        let id = id.to_string();
+        self.read(move |c| query_opt(c, concat!("SELECT ", message_cols!(), " FROM messages WHERE id = ?1"), [id], decode_message))
+            .await
+    }
+
+    async fn messages_of(&self, address: Address, after: Option<(String, i64)>, limit: usize) -> Result<Vec<Message>> {
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        // Seqs start at 1, so ('', 0) is before every position.
+        let (after_room, after_seq) = after.unwrap_or_default();
+        self.read(move |c| {
+            query_all(
+                c,
+                concat!(
+                    "SELECT ",
+                    message_cols!(),
+                    " FROM messages WHERE sender = ?1 AND deleted = 0 AND (room_id, seq) > (?2, ?3)
+                      ORDER BY room_id, seq LIMIT ?4"
+                ),
+                params![address.to_lower_hex(), after_room, after_seq, sql_limit(limit)],
+                decode_message,
+            )
+        })
+        .await
+    }
+
+    async fn count_messages_of(&self, address: Address) -> Result<u64> {
+        self.read(move |c| {
+            let n = count(
+                c,
+                "SELECT COUNT(*) FROM messages WHERE sender = ?1 AND deleted = 0",
+                [address.to_lower_hex()],
+            )?;
+            Ok(u64::try_from(n).unwrap_or(0))
+        })
+        .await
+    }
+
+    /// Ordered by `deliver_at` (ties by id), like [`Store::due_scheduled`].
+    async fn scheduled_of(&self, address: Address) -> Result<Vec<ScheduledMessage>> {
+        self.read(move |c| {
+            let sql = format!("{SCHEDULED_SELECT} WHERE sender = ?1 ORDER BY deliver_at_ms, id");
+            query_all(c, &sql, [address.to_lower_hex()], decode_scheduled)
+        })
+        .await
+    }
+
+    async fn tombstone_message(&self, id: &str) -> Result<Option<Message>> {
+        let id = id.to_string();
+        self.write(move |c| {
+            let sql = format!("{TOMBSTONE_UPDATE} WHERE id = ?1 RETURNING {}", message_cols!());
+            query_opt(c, &sql, [id], decode_message)
+        })
+        .await
+    }
+
+    /// Returns the tombstones ordered by (room_id, seq).
+    async fn tombstone_messages_of(&self, address: Address, limit: usize) -> Result<Vec<Message>> {
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        self.write(move |c| tombstone_of_tx(c, address, limit)).await
+    }
+
+    /// `rooms` is sorted by id and includes DM rooms; see [`erase_tx`] for what stays.
+    async fn erase_user(&self, address: Address) -> Result<ErasureReport> {
+        self.write(move |c| erase_tx(c, address)).await
+    }
+
+    // --- control channel -------------------------------------------------------------------
+
+    /// Also deletes the events older than [`CONTROL_RETENTION_MS`] before `now`, in the same
+    /// command (a node that has not polled for an hour has missed them; they were meant to be
+    /// acted on in seconds). Ids come from `AUTOINCREMENT`, so they are never reused even
+    /// after pruning.
+    async fn push_control(&self, event_json: String, now: OffsetDateTime) -> Result<i64> {
+        self.write(move |c| push_control_tx(c, &event_json, now)).await
+    }
+
+    async fn control_since(&self, after: i64, limit: usize) -> Result<Vec<(i64, String)>> {
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        self.read(move |c| {
+            query_all(
+                c,
+                "SELECT id, event_json FROM control_events WHERE id > ?1 ORDER BY id LIMIT ?2",
+                params![after, sql_limit(limit)],
+                |r| Ok((r.get::<_, i64>(0).db()?, r.get::<_, String>(1).db()?)),
+            )
+        })
+        .await
+    }
+
+    /// `MAX(id)`, 0 when the table is empty. Pruning never empties it (the event just pushed
+    /// is kept) and `AUTOINCREMENT` never reuses an id, so a node that starts watching here
+    /// sees every later event and none before.
+    async fn last_control_id(&self) -> Result<i64> {
+        self.read(|c| count(c, "SELECT COALESCE(MAX(id), 0) FROM control_events", []))
+            .await
     }
 }
