@@ -155,7 +155,7 @@ async fn reopen_after_close_keeps_every_acknowledged_write() {
         created_at: now,
         until: None,
     };
-    store.put_ban(&ban).await.unwrap();
+    store.put_ban(ban.clone()).await.unwrap();
     store.close().await.unwrap();
     drop(store);
 
@@ -748,14 +748,14 @@ async fn bans_can_be_put_read_and_lifted() {
         created_at: now,
         until: Some(now + Duration::from_secs(60)),
     };
-    store.put_ban(&ban).await.unwrap();
+    store.put_ban(ban.clone()).await.unwrap();
     assert_eq!(store.get_ban(a).await.unwrap(), Some(ban.clone()));
     let forever = Ban {
         reason: Some("again".into()),
         until: None,
         ..ban
     };
-    store.put_ban(&forever).await.unwrap();
+    store.put_ban(forever.clone()).await.unwrap();
     assert_eq!(store.get_ban(a).await.unwrap(), Some(forever));
     assert!(store.delete_ban(a).await.unwrap());
     assert!(!store.delete_ban(a).await.unwrap());
@@ -781,7 +781,7 @@ async fn after_close_writes_are_refused_and_reads_still_work() {
     assert!(matches!(store.migrate().await, Err(Error::ShuttingDown)));
     assert!(matches!(
         store
-            .put_ban(&Ban {
+            .put_ban(Ban {
                 address: a,
                 reason: None,
                 banned_by: "x".into(),
@@ -946,4 +946,734 @@ async fn a_command_failing_midway_rolls_back_only_itself() {
     let page = store.history("r", HistoryPage::After(0), 100).await.unwrap();
     assert_eq!(seqs(&page), (1..=11).collect::<Vec<_>>());
     assert_eq!(store.get_room("r").await.unwrap().unwrap().last_seq, 11);
+}
+
+// --- operator (admin) and control channel ------------------------------------------------------
+
+use coolchat::model::AuditEntry;
+
+fn ban_of(address: Address, created_at: OffsetDateTime, reason: &str) -> Ban {
+    Ban {
+        address,
+        reason: Some(reason.into()),
+        banned_by: "admin:test".into(),
+        created_at,
+        until: None,
+    }
+}
+
+fn audit(at: OffsetDateTime, action: &str, target: &str, detail: serde_json::Value) -> AuditEntry {
+    AuditEntry {
+        id: 0,
+        at,
+        actor: "admin:root@host".into(),
+        action: action.into(),
+        target: target.into(),
+        detail,
+    }
+}
+
+fn session_of(hash: &str, address: Address, created_at: OffsetDateTime) -> Session {
+    Session {
+        token_hash: hash.into(),
+        address,
+        created_at,
+        expires_at: created_at + Duration::from_secs(3600),
+        revoked_at: None,
+    }
+}
+
+#[tokio::test]
+async fn bans_are_put_replaced_deleted_and_listed_newest_first() {
+    let (_dir, _path, store) = fresh();
+    let t0 = model::now_ms();
+    let s = Duration::from_secs(1);
+    assert!(store.list_bans().await.unwrap().is_empty());
+    store.put_ban(ban_of(addr(1), t0, "one")).await.unwrap();
+    store.put_ban(ban_of(addr(2), t0 + s, "two")).await.unwrap();
+    store.put_ban(ban_of(addr(3), t0 + 2 * s, "three")).await.unwrap();
+    let listed = || {
+        let store = &store;
+        async move {
+            store
+                .list_bans()
+                .await
+                .unwrap()
+                .into_iter()
+                .map(|b| (b.address, b.reason.unwrap()))
+                .collect::<Vec<_>>()
+        }
+    };
+    assert_eq!(
+        listed().await,
+        vec![
+            (addr(3), "three".to_string()),
+            (addr(2), "two".to_string()),
+            (addr(1), "one".to_string())
+        ]
+    );
+    // Replacing a ban replaces every field, its time included (so it moves to the front).
+    let replaced = Ban {
+        until: Some(t0 + 60 * s),
+        ..ban_of(addr(1), t0 + 3 * s, "one again")
+    };
+    store.put_ban(replaced.clone()).await.unwrap();
+    assert_eq!(store.get_ban(addr(1)).await.unwrap(), Some(replaced.clone()));
+    assert_eq!(store.list_bans().await.unwrap()[0], replaced);
+    assert_eq!(store.stats().await.unwrap().bans, 3);
+    assert!(store.delete_ban(addr(2)).await.unwrap());
+    assert!(!store.delete_ban(addr(2)).await.unwrap());
+    assert_eq!(
+        listed().await,
+        vec![(addr(1), "one again".to_string()), (addr(3), "three".to_string())]
+    );
+    // Expired bans are listed and counted too (they are the operator's record).
+    let expired = Ban {
+        until: Some(t0 - s),
+        ..ban_of(addr(4), t0 - 10 * s, "old")
+    };
+    store.put_ban(expired.clone()).await.unwrap();
+    assert_eq!(store.list_bans().await.unwrap().last(), Some(&expired));
+    assert_eq!(store.stats().await.unwrap().bans, 3);
+}
+
+#[tokio::test]
+async fn audit_entries_are_listed_newest_first_and_by_target() {
+    let (_dir, _path, store) = fresh();
+    let t0 = model::now_ms();
+    let target_a = addr(1).to_lower_hex();
+    assert!(store.list_audit(None, 10).await.unwrap().is_empty());
+    let mut ids = Vec::new();
+    let entries = [
+        audit(
+            t0,
+            "ban",
+            &target_a,
+            serde_json::json!({"reason": "spam", "until": null}),
+        ),
+        audit(t0, "delete_message", "msg-1", serde_json::json!({"room": "r"})),
+        audit(t0, "unban", &target_a, serde_json::Value::Null),
+        audit(t0, "remove_member", "room-9", serde_json::json!(["x", 1, true])),
+        audit(t0, "revoke_sessions", &target_a, serde_json::json!({"count": 2})),
+    ];
+    for entry in &entries {
+        ids.push(store.append_audit(entry.clone()).await.unwrap());
+    }
+    assert!(ids.windows(2).all(|w| w[0] < w[1]), "{ids:?}");
+    let with_id = |i: usize| AuditEntry {
+        id: ids[i],
+        ..entries[i].clone()
+    };
+
+    assert_eq!(
+        store.list_audit(None, 3).await.unwrap(),
+        vec![with_id(4), with_id(3), with_id(2)]
+    );
+    assert_eq!(store.list_audit(None, 100).await.unwrap().len(), 5);
+    assert_eq!(
+        store.list_audit(Some(target_a.clone()), 10).await.unwrap(),
+        vec![with_id(4), with_id(2), with_id(0)]
+    );
+    assert_eq!(
+        store.list_audit(Some(target_a.clone()), 2).await.unwrap(),
+        vec![with_id(4), with_id(2)]
+    );
+    assert_eq!(
+        store.list_audit(Some("msg-1".into()), 10).await.unwrap(),
+        vec![with_id(1)]
+    );
+    assert!(store.list_audit(Some("nobody".into()), 10).await.unwrap().is_empty());
+    assert!(store.list_audit(None, 0).await.unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn users_and_rooms_are_listed_in_pages() {
+    let (_dir, _path, store) = fresh();
+    let now = model::now_ms();
+    // Created out of order; listed by address.
+    for n in [5u8, 1, 0xab, 3, 0x20] {
+        store.touch_user(addr(n), now).await.unwrap();
+    }
+    let page = |after: Option<Address>, limit| {
+        let store = &store;
+        async move {
+            store
+                .list_users(after, limit)
+                .await
+                .unwrap()
+                .into_iter()
+                .map(|u| u.address)
+                .collect::<Vec<_>>()
+        }
+    };
+    assert_eq!(page(None, 2).await, vec![addr(1), addr(3)]);
+    assert_eq!(page(Some(addr(3)), 2).await, vec![addr(5), addr(0x20)]);
+    assert_eq!(page(Some(addr(0x20)), 2).await, vec![addr(0xab)]);
+    assert!(page(Some(addr(0xab)), 2).await.is_empty());
+    // `after` need not be a user.
+    assert_eq!(
+        page(Some(addr(2)), 10).await,
+        vec![addr(3), addr(5), addr(0x20), addr(0xab)]
+    );
+    assert!(page(None, 0).await.is_empty());
+    let first = &store.list_users(None, 1).await.unwrap()[0];
+    assert_eq!(Some(first), store.get_user(addr(1)).await.unwrap().as_ref());
+
+    let (a, b, c) = (addr(1), addr(2), addr(3));
+    group(&store, "delta", &[a]).await;
+    group(&store, "bravo", &[c, a, b]).await;
+    group(&store, "alpha", &[b]).await;
+    group(&store, "charlie", &[a, c]).await;
+    store.get_or_create_dm("echo".into(), b, c, now, LIMITS).await.unwrap();
+    store.append_message(msg("charlie", a, "m", "hi")).await.unwrap();
+    let rooms = |after: Option<&str>, limit| {
+        let store = &store;
+        let after = after.map(str::to_string);
+        async move { store.list_rooms(after, limit).await.unwrap() }
+    };
+    let first = rooms(None, 2).await;
+    assert_eq!(
+        first.iter().map(|r| r.id.as_str()).collect::<Vec<_>>(),
+        vec!["alpha", "bravo"]
+    );
+    // Members are included, sorted, exactly as get_room gives them.
+    for room in &first {
+        assert_eq!(Some(room), store.get_room(&room.id).await.unwrap().as_ref());
+    }
+    assert_eq!(first[1].members, vec![a, b, c]);
+    let second = rooms(Some("bravo"), 2).await;
+    assert_eq!(
+        second.iter().map(|r| r.id.as_str()).collect::<Vec<_>>(),
+        vec!["charlie", "delta"]
+    );
+    assert_eq!(second[0].members, vec![a, c]);
+    assert_eq!(second[0].last_seq, 1);
+    assert_eq!(second[1].members, vec![a]);
+    let third = rooms(Some("delta"), 2).await;
+    assert_eq!(third.len(), 1);
+    assert_eq!(third[0].kind, RoomKind::Dm);
+    assert_eq!(third[0].members, vec![b, c]);
+    assert!(rooms(Some("echo"), 2).await.is_empty());
+    assert!(rooms(None, 0).await.is_empty());
+    assert_eq!(rooms(None, 100).await.len(), 5);
+}
+
+#[tokio::test]
+async fn sessions_and_scheduled_messages_of_an_address() {
+    let (_dir, _path, store) = fresh();
+    let (a, b) = (addr(1), addr(2));
+    let t0 = model::now_ms();
+    let s = Duration::from_secs(1);
+    store.create_session(session_of("old", a, t0)).await.unwrap();
+    store.create_session(session_of("new", a, t0 + 2 * s)).await.unwrap();
+    store.create_session(session_of("mid", a, t0 + s)).await.unwrap();
+    store.create_session(session_of("other", b, t0 + 3 * s)).await.unwrap();
+    store.revoke_session("mid", t0 + 3 * s).await.unwrap();
+    let sessions = store.sessions_of(a).await.unwrap();
+    assert_eq!(
+        sessions.iter().map(|s| s.token_hash.as_str()).collect::<Vec<_>>(),
+        vec!["new", "mid", "old"]
+    );
+    assert_eq!(sessions[1].revoked_at, Some(t0 + 3 * s));
+    assert!(store.sessions_of(addr(9)).await.unwrap().is_empty());
+
+    group(&store, "r", &[a, b]).await;
+    let late = scheduled("r", a, "late", t0 + 30 * s);
+    let early = scheduled("r", a, "early", t0 + 10 * s);
+    store.schedule_message(late.clone(), 10).await.unwrap();
+    store.schedule_message(early.clone(), 10).await.unwrap();
+    store
+        .schedule_message(scheduled("r", b, "b's", t0 + 20 * s), 10)
+        .await
+        .unwrap();
+    assert_eq!(store.scheduled_of(a).await.unwrap(), vec![early, late]);
+    assert!(store.scheduled_of(addr(9)).await.unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn a_tombstone_keeps_its_seq_and_answers_retries() {
+    let (_dir, _path, store) = fresh();
+    let (a, b) = (addr(1), addr(2));
+    group(&store, "r", &[a, b]).await;
+    group(&store, "r2", &[a]).await;
+    store.append_message(msg("r", b, "b1", "before")).await.unwrap();
+    let mut original = msg("r", a, "c1", "regrettable");
+    original.media = vec![model::MediaRef {
+        id: "m1".into(),
+        content_type: "image/png".into(),
+        size: 7,
+        name: None,
+    }];
+    let sent = store.append_message(original.clone()).await.unwrap().message;
+    store.append_message(msg("r", b, "b2", "after")).await.unwrap();
+    assert_eq!(sent.seq, 2);
+    assert!(!sent.deleted);
+    assert_eq!(store.stats().await.unwrap().messages, 3);
+
+    let tombstone = store.tombstone_message(&sent.id).await.unwrap().unwrap();
+    let expected = model::Message {
+        body: String::new(),
+        media: vec![],
+        deleted: true,
+        ..sent.clone()
+    };
+    assert_eq!(tombstone, expected);
+    // Idempotent.
+    assert_eq!(store.tombstone_message(&sent.id).await.unwrap(), Some(expected.clone()));
+    assert_eq!(store.tombstone_message("no-such-id").await.unwrap(), None);
+    assert_eq!(store.get_message(&sent.id).await.unwrap(), Some(expected.clone()));
+    assert_eq!(store.get_message("no-such-id").await.unwrap(), None);
+
+    // History still has every seq; the tombstone in its place.
+    let history = store.history("r", HistoryPage::After(0), 10).await.unwrap();
+    assert_eq!(seqs(&history), vec![1, 2, 3]);
+    assert_eq!(history[1], expected);
+    assert_eq!(
+        history.iter().map(|m| m.deleted).collect::<Vec<_>>(),
+        vec![false, true, false]
+    );
+    // On the wire, `deleted` appears only on tombstones.
+    let json = serde_json::to_value(&history[1]).unwrap();
+    assert_eq!(json["deleted"], true);
+    assert_eq!(json["body"], "");
+    assert!(json.get("media").is_none());
+    assert!(serde_json::to_value(&history[0]).unwrap().get("deleted").is_none());
+
+    // A retry of the original send gets the tombstone back and consumes no seq, even if its
+    // content (or room) differs: the tombstone's own content is gone.
+    for retry in [original.clone(), msg("r", a, "c1", "other"), msg("r2", a, "c1", "x")] {
+        let again = store.append_message(retry).await.unwrap();
+        assert!(!again.created);
+        assert_eq!(again.message, expected);
+    }
+    assert_eq!(store.find_by_client_msg_id(a, "c1").await.unwrap(), Some(expected));
+    assert_eq!(store.get_room("r").await.unwrap().unwrap().last_seq, 3);
+    assert_eq!(store.get_room("r2").await.unwrap().unwrap().last_seq, 0);
+    let next = store.append_message(msg("r", a, "c2", "better")).await.unwrap();
+    assert!(next.created);
+    assert_eq!(next.message.seq, 4);
+
+    // Excluded from the sender's messages and counts.
+    assert_eq!(store.count_messages_of(a).await.unwrap(), 1);
+    let mine = store.messages_of(a, None, 10).await.unwrap();
+    assert_eq!(mine, vec![next.message]);
+    let stats = store.stats().await.unwrap();
+    assert_eq!(stats.messages, 3);
+}
+
+#[tokio::test]
+async fn messages_of_pages_by_room_then_seq() {
+    let (_dir, _path, store) = fresh();
+    let (a, b) = (addr(1), addr(2));
+    for room in ["r3", "r1", "r2"] {
+        group(&store, room, &[a, b]).await;
+    }
+    // a: r1 seq 1, 3; r2 seq 2; r3 seq 1, 2.  b: r1 seq 2, r2 seq 1.
+    for (room, sender, cid) in [
+        ("r1", a, "1"),
+        ("r1", b, "2"),
+        ("r1", a, "3"),
+        ("r2", b, "4"),
+        ("r2", a, "5"),
+        ("r3", a, "6"),
+        ("r3", a, "7"),
+    ] {
+        store.append_message(msg(room, sender, cid, cid)).await.unwrap();
+    }
+    let pos = |m: &model::Message| (m.room_id.clone(), m.seq);
+    let all = store.messages_of(a, None, 100).await.unwrap();
+    assert_eq!(
+        all.iter().map(pos).collect::<Vec<_>>(),
+        vec![
+            ("r1".to_string(), 1),
+            ("r1".to_string(), 3),
+            ("r2".to_string(), 2),
+            ("r3".to_string(), 1),
+            ("r3".to_string(), 2)
+        ]
+    );
+    assert!(all.iter().all(|m| m.sender == a));
+    // Paging with the last position of each page visits every message once.
+    let mut paged = Vec::new();
+    let mut after = None;
+    loop {
+        let page = store.messages_of(a, after.clone(), 2).await.unwrap();
+        if page.is_empty() {
+            break;
+        }
+        assert!(page.len() <= 2);
+        after = page.last().map(pos);
+        paged.extend(page);
+    }
+    assert_eq!(paged, all);
+    assert_eq!(
+        store.messages_of(a, Some(("r1".into(), 3)), 1).await.unwrap()[0].body,
+        "5"
+    );
+    assert!(store.messages_of(a, None, 0).await.unwrap().is_empty());
+    assert!(store.messages_of(addr(9), None, 10).await.unwrap().is_empty());
+    assert_eq!(store.count_messages_of(a).await.unwrap(), 5);
+    assert_eq!(store.count_messages_of(b).await.unwrap(), 2);
+}
+
+#[tokio::test]
+async fn tombstone_messages_of_works_in_batches_until_empty() {
+    let (_dir, _path, store) = fresh();
+    let (a, b) = (addr(1), addr(2));
+    for room in ["rb", "ra"] {
+        group(&store, room, &[a, b]).await;
+    }
+    for i in 0..7 {
+        let room = if i % 2 == 0 { "ra" } else { "rb" };
+        store
+            .append_message(msg(room, a, &format!("a{i}"), &format!("from a {i}")))
+            .await
+            .unwrap();
+    }
+    store.append_message(msg("ra", b, "b1", "from b")).await.unwrap();
+    store.append_message(msg("rb", b, "b2", "from b")).await.unwrap();
+    // One of a's is already a tombstone: it is not picked again.
+    let first_of_a = store.find_by_client_msg_id(a, "a0").await.unwrap().unwrap();
+    store.tombstone_message(&first_of_a.id).await.unwrap();
+    assert_eq!(store.count_messages_of(a).await.unwrap(), 6);
+    assert_eq!(store.stats().await.unwrap().messages, 8);
+
+    let mut batches = Vec::new();
+    loop {
+        let batch = store.tombstone_messages_of(a, 4).await.unwrap();
+        if batch.is_empty() {
+            break;
+        }
+        assert!(batch.iter().all(|m| m.deleted && m.body.is_empty() && m.sender == a));
+        let positions: Vec<_> = batch.iter().map(|m| (m.room_id.clone(), m.seq)).collect();
+        let mut sorted = positions.clone();
+        sorted.sort();
+        assert_eq!(positions, sorted, "each batch is in (room_id, seq) order");
+        batches.push(positions);
+        assert!(batches.len() < 10, "tombstone_messages_of never ran dry");
+    }
+    assert_eq!(batches.iter().map(Vec::len).collect::<Vec<_>>(), vec![4, 2]);
+    // ra holds a0 (already a tombstone), a2, a4, a6 and b1: seqs 1..=4 are a's, 5 is b's.
+    assert_eq!(
+        batches[0],
+        vec![
+            ("ra".to_string(), 2),
+            ("ra".to_string(), 3),
+            ("ra".to_string(), 4),
+            ("rb".to_string(), 1)
+        ]
+    );
+    assert_eq!(store.count_messages_of(a).await.unwrap(), 0);
+    assert!(store.messages_of(a, None, 100).await.unwrap().is_empty());
+    assert_eq!(store.count_messages_of(b).await.unwrap(), 2);
+    assert!(store.tombstone_messages_of(a, 0).await.unwrap().is_empty());
+    // Seqs untouched; stats count the two live messages exactly.
+    assert_eq!(store.get_room("ra").await.unwrap().unwrap().last_seq, 5);
+    assert_eq!(store.get_room("rb").await.unwrap().unwrap().last_seq, 4);
+    let history = store.history("ra", HistoryPage::After(0), 100).await.unwrap();
+    assert_eq!(seqs(&history), vec![1, 2, 3, 4, 5]);
+    assert_eq!(
+        history
+            .iter()
+            .filter(|m| !m.deleted)
+            .map(|m| m.body.as_str())
+            .collect::<Vec<_>>(),
+        vec!["from b"]
+    );
+    assert_eq!(store.stats().await.unwrap().messages, 2);
+}
+
+#[tokio::test]
+async fn erase_user_removes_the_user_and_keeps_the_operators_record() {
+    let (_dir, _path, store) = fresh();
+    let (a, b, c) = (addr(1), addr(2), addr(3));
+    let now = model::now_ms();
+    store.touch_user(a, now).await.unwrap();
+    store.touch_user(b, now).await.unwrap();
+    store.create_session(session_of("a1", a, now)).await.unwrap();
+    store.create_session(session_of("a2", a, now)).await.unwrap();
+    store.revoke_session("a2", now).await.unwrap();
+    store.create_session(session_of("b1", b, now)).await.unwrap();
+    group(&store, "g1", &[a, b, c]).await;
+    group(&store, "g2", &[b, a]).await;
+    group(&store, "g3", &[b, c]).await;
+    let (dm, _) = store.get_or_create_dm("dm-ab".into(), a, b, now, LIMITS).await.unwrap();
+    for i in 0..3 {
+        store
+            .append_message(msg("g1", a, &format!("g1-{i}"), "secret"))
+            .await
+            .unwrap();
+    }
+    store.append_message(msg("g1", b, "b-g1", "reply")).await.unwrap();
+    store.append_message(msg("dm-ab", a, "dm-1", "psst")).await.unwrap();
+    store.set_read_marker("g1", a, 2).await.unwrap();
+    store
+        .schedule_message(scheduled("g2", a, "s1", now + Duration::from_secs(600)), 10)
+        .await
+        .unwrap();
+    store
+        .schedule_message(scheduled("g2", b, "s2", now + Duration::from_secs(600)), 10)
+        .await
+        .unwrap();
+    let ban = ban_of(a, now, "abuse");
+    store.put_ban(ban.clone()).await.unwrap();
+    let audit_id = store
+        .append_audit(audit(
+            now,
+            "ban",
+            &a.to_lower_hex(),
+            serde_json::json!({"reason": "abuse"}),
+        ))
+        .await
+        .unwrap();
+    let before = store.stats().await.unwrap();
+    assert_eq!((before.users, before.messages), (2, 5));
+
+    let report = store.erase_user(a).await.unwrap();
+    assert_eq!(
+        report,
+        coolchat::storage::ErasureReport {
+            messages_tombstoned: 4,
+            memberships_removed: 3,
+            sessions_deleted: 2,
+            scheduled_deleted: 1,
+            rooms: vec!["dm-ab".into(), "g1".into(), "g2".into()],
+        }
+    );
+
+    // The user, their sessions, memberships and scheduled messages are gone.
+    assert_eq!(store.get_user(a).await.unwrap(), None);
+    assert!(store.sessions_of(a).await.unwrap().is_empty());
+    assert_eq!(store.get_session("a1").await.unwrap(), None);
+    assert!(store.rooms_of(a).await.unwrap().is_empty());
+    assert!(store.room_cursors_of(a).await.unwrap().is_empty());
+    assert!(store.scheduled_of(a).await.unwrap().is_empty());
+    assert_eq!(store.get_room("g1").await.unwrap().unwrap().members, vec![b, c]);
+    assert_eq!(store.get_room("g2").await.unwrap().unwrap().members, vec![b]);
+    assert_eq!(store.get_room("dm-ab").await.unwrap().unwrap().members, vec![b]);
+    for room in store.list_rooms(None, 100).await.unwrap() {
+        assert!(!room.members.contains(&a), "{} still lists the erased user", room.id);
+    }
+    assert!(!store.is_member("g1", a).await.unwrap());
+    assert!(matches!(
+        store.append_message(msg("g1", a, "late", "x")).await,
+        Err(Error::NotMember)
+    ));
+    // Their messages are tombstones with their seqs; others' are untouched.
+    assert_eq!(store.count_messages_of(a).await.unwrap(), 0);
+    let g1 = store.history("g1", HistoryPage::After(0), 100).await.unwrap();
+    assert_eq!(seqs(&g1), vec![1, 2, 3, 4]);
+    assert!(g1[..3].iter().all(|m| m.deleted && m.body.is_empty() && m.sender == a));
+    assert_eq!((g1[3].deleted, g1[3].body.as_str()), (false, "reply"));
+    // Other users keep everything.
+    assert!(store.get_user(b).await.unwrap().is_some());
+    assert_eq!(store.get_session("b1").await.unwrap().unwrap().revoked_at, None);
+    assert_eq!(store.scheduled_of(b).await.unwrap().len(), 1);
+    // Bans and audit entries stay.
+    assert_eq!(store.get_ban(a).await.unwrap(), Some(ban));
+    assert_eq!(
+        store.list_audit(Some(a.to_lower_hex()), 10).await.unwrap()[0].id,
+        audit_id
+    );
+    let after = store.stats().await.unwrap();
+    assert_eq!(
+        (
+            after.users,
+            after.messages,
+            after.scheduled,
+            after.active_sessions,
+            after.bans
+        ),
+        (1, 1, 1, 1, 1)
+    );
+    // A DM between the same pair later is a new room (the old one keeps b and the history).
+    let (again, created) = store
+        .get_or_create_dm("dm-ab-2".into(), a, b, now, LIMITS)
+        .await
+        .unwrap();
+    assert!(created);
+    assert_ne!(again.id, dm.id);
+    assert_eq!(again.members, vec![a, b]);
+    // Erasing again (or an unknown address) finds nothing more to do.
+    let report = store.erase_user(addr(9)).await.unwrap();
+    assert_eq!(report, coolchat::storage::ErasureReport::default());
+}
+
+#[tokio::test]
+async fn control_events_are_pushed_read_and_pruned() {
+    let (_dir, path, store) = fresh();
+    let t0 = model::now_ms();
+    assert_eq!(store.last_control_id().await.unwrap(), 0);
+    assert!(store.control_since(0, 10).await.unwrap().is_empty());
+    let mut ids = Vec::new();
+    for i in 0..3 {
+        ids.push(store.push_control(format!("{{\"n\":{i}}}"), t0).await.unwrap());
+    }
+    assert!(ids.windows(2).all(|w| w[0] < w[1]), "{ids:?}");
+    assert_eq!(store.last_control_id().await.unwrap(), ids[2]);
+    assert_eq!(
+        store.control_since(0, 10).await.unwrap(),
+        vec![
+            (ids[0], "{\"n\":0}".to_string()),
+            (ids[1], "{\"n\":1}".to_string()),
+            (ids[2], "{\"n\":2}".to_string())
+        ]
+    );
+    assert_eq!(
+        store.control_since(ids[0], 1).await.unwrap(),
+        vec![(ids[1], "{\"n\":1}".to_string())]
+    );
+    assert!(store.control_since(ids[2], 10).await.unwrap().is_empty());
+    assert!(store.control_since(0, 0).await.unwrap().is_empty());
+
+    // Pushing an event more than an hour later prunes the old ones; ids keep growing.
+    let later = t0 + Duration::from_secs(3600) + Duration::from_millis(1);
+    let newest = store.push_control("{\"n\":3}".into(), later).await.unwrap();
+    assert!(newest > ids[2]);
+    assert_eq!(
+        store.control_since(0, 10).await.unwrap(),
+        vec![(newest, "{\"n\":3}".to_string())]
+    );
+    assert_eq!(store.last_control_id().await.unwrap(), newest);
+    // Exactly an hour old is still kept.
+    let edge = store
+        .push_control("{\"n\":4}".into(), later + Duration::from_secs(3600))
+        .await
+        .unwrap();
+    assert_eq!(
+        store
+            .control_since(0, 10)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|(id, _)| id)
+            .collect::<Vec<_>>(),
+        vec![newest, edge]
+    );
+
+    // Another store on the same file (another process, in real life) sees the same log.
+    let other = SqliteStore::open(&path, opts()).unwrap();
+    assert_eq!(other.last_control_id().await.unwrap(), edge);
+    let pushed = other.push_control("{\"from\":\"admin\"}".into(), later).await.unwrap();
+    assert_eq!(
+        store.control_since(edge, 10).await.unwrap(),
+        vec![(pushed, "{\"from\":\"admin\"}".to_string())]
+    );
+    other.close().await.unwrap();
+}
+
+#[tokio::test]
+async fn stats_count_the_last_minute_and_the_bans() {
+    let (_dir, _path, store) = fresh();
+    let a = addr(1);
+    group(&store, "r", &[a]).await;
+    let now = model::now_ms();
+    let old = NewMessage {
+        created_at: now - Duration::from_secs(120),
+        ..msg("r", a, "old", "old")
+    };
+    store.append_message(old).await.unwrap();
+    store.append_message(msg("r", a, "new1", "new")).await.unwrap();
+    let recent = store.append_message(msg("r", a, "new2", "new")).await.unwrap();
+    store.tombstone_message(&recent.message.id).await.unwrap();
+    store.put_ban(ban_of(addr(7), now, "x")).await.unwrap();
+    let stats = store.stats().await.unwrap();
+    // A tombstoned message still counts as sent in the last minute; not as a message.
+    assert_eq!((stats.messages, stats.messages_last_minute, stats.bans), (2, 2, 1));
+}
+
+#[tokio::test]
+async fn a_v1_database_is_upgraded_and_reopening_is_a_no_op() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("v1.db");
+    let version = |path: &PathBuf| -> i64 {
+        rusqlite::Connection::open(path)
+            .unwrap()
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .unwrap()
+    };
+    // A database as the first release left it: migration 1 only, with a message in it.
+    {
+        let raw = rusqlite::Connection::open(&path).unwrap();
+        raw.execute_batch(MIGRATIONS[0]).unwrap();
+        raw.execute_batch("PRAGMA user_version = 1").unwrap();
+        let a = addr(1).to_lower_hex();
+        raw.execute(
+            "INSERT INTO rooms (id, kind, name, created_by, created_at_ms, last_seq) VALUES ('r', 'group', 'old', ?1, 0, 1)",
+            [&a],
+        )
+        .unwrap();
+        raw.execute(
+            "INSERT INTO members (room_id, address, joined_at_ms, read_seq) VALUES ('r', ?1, 0, 0)",
+            [&a],
+        )
+        .unwrap();
+        raw.execute(
+            "INSERT INTO messages (room_id, seq, id, sender, body, client_msg_id, created_at_ms, media_json)
+             VALUES ('r', 1, 'm1', ?1, 'from v1', 'c1', 0, NULL)",
+            [&a],
+        )
+        .unwrap();
+    }
+    assert_eq!(version(&path), 1);
+
+    let store = SqliteStore::open(&path, opts()).unwrap();
+    assert_eq!(version(&path), MIGRATIONS.len() as i64);
+    let old = store.get_message("m1").await.unwrap().unwrap();
+    assert_eq!((old.body.as_str(), old.deleted, old.seq), ("from v1", false, 1));
+    assert_eq!(store.count_messages_of(addr(1)).await.unwrap(), 1);
+    assert_eq!(store.stats().await.unwrap().messages, 1);
+    assert_eq!(store.last_control_id().await.unwrap(), 0);
+    let next = store.append_message(msg("r", addr(1), "c2", "from v2")).await.unwrap();
+    assert_eq!(next.message.seq, 2);
+    store.tombstone_message("m1").await.unwrap();
+    store.migrate().await.unwrap();
+    store.close().await.unwrap();
+    drop(store);
+
+    // Reopening applies nothing and changes nothing.
+    let store = SqliteStore::open(&path, opts()).unwrap();
+    assert_eq!(version(&path), MIGRATIONS.len() as i64);
+    let history = store.history("r", HistoryPage::After(0), 10).await.unwrap();
+    assert_eq!(
+        history.iter().map(|m| (m.seq, m.deleted)).collect::<Vec<_>>(),
+        vec![(1, true), (2, false)]
+    );
+    assert_eq!(store.stats().await.unwrap().messages, 1);
+    store.close().await.unwrap();
+}
+
+#[tokio::test]
+async fn operator_queries_use_their_indexes() {
+    let (_dir, path, store) = fresh();
+    store.close().await.unwrap();
+    let raw = rusqlite::Connection::open(&path).unwrap();
+    let plan = |sql: &str| -> String {
+        let mut stmt = raw.prepare(&format!("EXPLAIN QUERY PLAN {sql}")).unwrap();
+        let rows = stmt.query_map([], |r| r.get::<_, String>(3)).unwrap();
+        rows.map(|r| r.unwrap()).collect::<Vec<_>>().join("; ")
+    };
+    for (sql, index) in [
+        (
+            "SELECT id FROM messages WHERE sender = 'x' AND deleted = 0 AND (room_id, seq) > ('', 0) ORDER BY room_id, seq LIMIT 5",
+            "messages_by_sender",
+        ),
+        (
+            "SELECT COUNT(*) FROM messages WHERE sender = 'x' AND deleted = 0",
+            "messages_by_sender",
+        ),
+        ("SELECT COUNT(*) FROM messages WHERE deleted = 1", "messages_tombstones"),
+        (
+            "SELECT COUNT(*) FROM messages WHERE created_at_ms >= 5",
+            "messages_created",
+        ),
+        (
+            "SELECT id FROM audit_log WHERE target = 'x' ORDER BY id DESC LIMIT 5",
+            "audit_log_by_target",
+        ),
+    ] {
+        let plan = plan(sql);
+        assert!(plan.contains(index), "{sql}\n  → {plan}");
+        assert!(!plan.contains("TEMP B-TREE"), "{sql} sorts:\n  → {plan}");
+    }
 }

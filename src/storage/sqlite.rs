@@ -682,8 +682,9 @@ const AUDIT_SELECT: &str = "SELECT id, at_ms, actor, action, target, detail_json
 fn decode_audit(row: &Row<'_>) -> Result<AuditEntry> {
     let detail = match row.get::<_, Option<String>>(5).db()? {
         None => serde_json::Value::Null,
-        Some(json) => serde_json::from_str(&json)
-            .map_err(|e| Error::Internal(format!("corrupt detail_json in sqlite: {e}")))?,
+        Some(json) => {
+            serde_json::from_str(&json).map_err(|e| Error::Internal(format!("corrupt detail_json in sqlite: {e}")))?
+        }
     };
     Ok(AuditEntry {
         id: row.get(0).db()?,
@@ -759,7 +760,11 @@ fn member_exists(conn: &Connection, room_id: &str, address: Address) -> Result<b
 fn find_message(conn: &Connection, sender: Address, client_msg_id: &str) -> Result<Option<Message>> {
     query_opt(
         conn,
-        concat!("SELECT ", message_cols!(), " FROM messages WHERE sender = ?1 AND client_msg_id = ?2"),
+        concat!(
+            "SELECT ",
+            message_cols!(),
+            " FROM messages WHERE sender = ?1 AND client_msg_id = ?2"
+        ),
         params![sender.to_lower_hex(), client_msg_id],
         decode_message,
     )
@@ -1072,7 +1077,12 @@ fn tombstone_of_tx(conn: &Connection, sender: Address, limit: usize) -> Result<V
          ) RETURNING {}",
         message_cols!()
     );
-    let mut tombstones = query_all(conn, &sql, params![sender.to_lower_hex(), sql_limit(limit)], decode_message)?;
+    let mut tombstones = query_all(
+        conn,
+        &sql,
+        params![sender.to_lower_hex(), sql_limit(limit)],
+        decode_message,
+    )?;
     // RETURNING comes in no promised order.
     tombstones.sort_by(|x, y| (&x.room_id, x.seq).cmp(&(&y.room_id, y.seq)));
     Ok(tombstones)
@@ -1474,9 +1484,8 @@ impl Store for SqliteStore {
         let mut stats = self
             .read(move |c| {
                 let n = |sql: &str| -> Result<u64> { Ok(u64::try_from(count(c, sql, [])?).unwrap_or(0)) };
-                let n_at = |sql: &str, at_ms: i64| -> Result<u64> {
-                    Ok(u64::try_from(count(c, sql, [at_ms])?).unwrap_or(0))
-                };
+                let n_at =
+                    |sql: &str, at_ms: i64| -> Result<u64> { Ok(u64::try_from(count(c, sql, [at_ms])?).unwrap_or(0)) };
                 Ok(StoreStats {
                     users: n("SELECT COUNT(*) FROM users")?,
                     rooms: n("SELECT COUNT(*) FROM rooms")?,
@@ -1650,8 +1659,15 @@ impl Store for SqliteStore {
     /// Tombstones included.
     async fn get_message(&self, id: &str) -> Result<Option<Message>> {
         let id = id.to_string();
-        self.read(move |c| query_opt(c, concat!("SELECT ", message_cols!(), " FROM messages WHERE id = ?1"), [id], decode_message))
-            .await
+        self.read(move |c| {
+            query_opt(
+                c,
+                concat!("SELECT ", message_cols!(), " FROM messages WHERE id = ?1"),
+                [id],
+                decode_message,
+            )
+        })
+        .await
     }
 
     async fn messages_of(&self, address: Address, after: Option<(String, i64)>, limit: usize) -> Result<Vec<Message>> {
