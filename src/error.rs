@@ -96,11 +96,14 @@ pub enum Error {
     /// The room has reached its configured member limit.
     #[error("the room is full ({0} members at most)")]
     RoomFull(usize),
+    /// The user already holds the configured number of live sockets.
+    #[error("too many live connections (at most {0})")]
+    TooManyConnections(usize),
     /// A size limit was exceeded (what, limit in bytes or items).
     #[error("{what} is too large (limit {limit})")]
     PayloadTooLarge { what: &'static str, limit: usize },
     /// A rate limit was hit; retry after the given delay.
-    #[error("rate limited, retry in {:.1}s", retry_after.as_secs_f64())]
+    #[error("rate limited, retry in {}s", retry_after.as_secs_f64().ceil().max(1.0))]
     RateLimited { retry_after: Duration },
     /// The node is shedding load (a bounded queue is full).
     #[error("the server is overloaded, retry later")]
@@ -136,6 +139,7 @@ impl Error {
             Error::NotFound => "not_found",
             Error::IdempotencyConflict => "idempotency_conflict",
             Error::RoomFull(_) => "room_full",
+            Error::TooManyConnections(_) => "too_many_connections",
             Error::PayloadTooLarge { .. } => "payload_too_large",
             Error::RateLimited { .. } => "rate_limited",
             Error::Overloaded => "overloaded",
@@ -158,7 +162,7 @@ impl Error {
             Error::RoomNotFound | Error::UserNotFound | Error::NotFound => 404,
             Error::IdempotencyConflict | Error::RoomFull(_) => 409,
             Error::PayloadTooLarge { .. } => 413,
-            Error::RateLimited { .. } => 429,
+            Error::RateLimited { .. } | Error::TooManyConnections(_) => 429,
             Error::Internal(_) => 500,
             Error::Overloaded | Error::Backend(_) | Error::ShuttingDown => 503,
         }

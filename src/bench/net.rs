@@ -39,11 +39,12 @@ impl Net {
             other => return Err(BenchError::Usage(format!("--url scheme `{other}` is not http or https"))),
         };
         let authority = match parsed.port() {
-            Some(p) => format!("{}:{p}", host_for_url(&host)),
-            None => host_for_url(&host),
+            Some(p) => format!("{host}:{p}"),
+            None => host.clone(),
         };
         let origin = format!("{}://{authority}", parsed.scheme());
         let ws_url = format!("{}://{authority}/socket.io/?EIO=4&transport=websocket", if tls { "wss" } else { "ws" });
+        // `Url::host_str` keeps the brackets of IPv6 literals; the resolver wants them off.
         let lookup_host = host.trim_start_matches('[').trim_end_matches(']').to_string();
         let addr = tokio::net::lookup_host((lookup_host.as_str(), port))
             .await
@@ -139,11 +140,6 @@ impl Net {
         })?;
         Ok(ws)
     }
-}
-
-/// IPv6 literals need brackets in URLs; `Url::host_str` already gives them.
-fn host_for_url(host: &str) -> String {
-    host.to_string()
 }
 
 /// A TLS client configuration that accepts any certificate (`--insecure`).

@@ -6,7 +6,7 @@
 
 use super::{EphemeralState, RateLimit};
 use crate::address::Address;
-use crate::error::Result;
+use crate::error::{Error, Result};
 use async_trait::async_trait;
 use parking_lot::Mutex;
 use std::collections::{HashMap, HashSet};
@@ -95,9 +95,12 @@ impl EphemeralState for MemoryState {
         }
     }
 
-    async fn presence_connect(&self, address: Address, connection_id: &str) -> Result<bool> {
+    async fn presence_connect(&self, address: Address, connection_id: &str, max_connections: usize) -> Result<bool> {
         let mut inner = self.inner.lock();
         let conns = inner.presence.entry(address).or_default();
+        if conns.len() >= max_connections && !conns.contains(connection_id) {
+            return Err(Error::TooManyConnections(max_connections));
+        }
         let was_offline = conns.is_empty();
         conns.insert(connection_id.to_string());
         Ok(was_offline)
@@ -166,8 +169,9 @@ mod tests {
     #[tokio::test]
     async fn presence_counts_tabs() {
         let s = MemoryState::new();
-        assert!(s.presence_connect(addr(1), "a").await.unwrap());
-        assert!(!s.presence_connect(addr(1), "b").await.unwrap());
+        assert!(s.presence_connect(addr(1), "a", 2).await.unwrap());
+        assert!(!s.presence_connect(addr(1), "b", 2).await.unwrap());
+        assert_eq!(s.presence_connect(addr(1), "c", 2).await.unwrap_err().code(), "too_many_connections");
         assert!(!s.presence_disconnect(addr(1), "a").await.unwrap());
         assert!(s.is_online(addr(1)).await.unwrap());
         assert!(s.presence_disconnect(addr(1), "b").await.unwrap());

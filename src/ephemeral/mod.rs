@@ -35,8 +35,10 @@ pub trait EphemeralState: Send + Sync + 'static {
     /// the caller must wait.
     async fn rate_limit(&self, key: &str, limit: RateLimit) -> Result<Option<Duration>>;
 
-    /// Registers one live connection of an address. True when the address just came online.
-    async fn presence_connect(&self, address: Address, connection_id: &str) -> Result<bool>;
+    /// Registers one live connection of an address, refusing (`too_many_connections`) when it
+    /// already has `max_connections`. True when the address just came online. Check and insert
+    /// are one atomic step, so concurrent connects cannot pass the limit.
+    async fn presence_connect(&self, address: Address, connection_id: &str, max_connections: usize) -> Result<bool>;
     /// Unregisters a connection. True when the address just went offline.
     async fn presence_disconnect(&self, address: Address, connection_id: &str) -> Result<bool>;
     async fn is_online(&self, address: Address) -> Result<bool>;

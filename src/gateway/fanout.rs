@@ -1,43 +1,71 @@
 //! Turns bus events into Socket.IO emits on this node.
 //!
-//! One task per node reads the bus in order and emits to local sockets only. A socket whose
-//! outgoing buffer is full misses that event (bounded memory); its client sees the `seq` gap
-//! and calls `sync`, which is the protocol's delivery promise.
+//! One task per node reads the bus in order and emits to local sockets only (the bus is what
+//! crosses nodes). Each event is serialised once and handed to every target socket; a socket
+//! whose outgoing buffer (`limits.socket_buffer_packets`) is full is too slow to keep up and is
+//! disconnected rather than allowed to grow memory. Its client reconnects and calls `sync`.
 
-use super::socket::{token_room, user_room};
+use super::socket::{end_session, force_disconnect, token_room, user_room};
 use crate::bus::BusEvent;
 use futures::StreamExt;
 use futures::stream::BoxStream;
+use serde::Serialize;
 use serde_json::json;
-use socketioxide::SocketIo;
+use serde_json::value::RawValue;
+use socketioxide::extract::SocketRef;
+use socketioxide::operators::BroadcastOperators;
+use socketioxide::{SocketError, SocketIo};
 
 pub async fn run(io: SocketIo, mut events: BoxStream<'static, BusEvent>) {
     while let Some(event) = events.next().await {
-        if let Err(e) = dispatch(&io, event).await {
-            tracing::debug!(error = %e, "fan-out emit failed for some sockets");
-            metrics::counter!("coolchat_fanout_errors_total").increment(1);
-        }
+        dispatch(&io, event).await;
     }
 }
 
-async fn dispatch(io: &SocketIo, event: BusEvent) -> Result<(), socketioxide::BroadcastError> {
+/// Emits `event` with `payload` to every socket `target` selects, disconnecting slow ones.
+fn deliver<T: Serialize>(target: BroadcastOperators, event: &str, payload: &T) {
+    let raw: Box<RawValue> = match serde_json::value::to_raw_value(payload) {
+        Ok(raw) => raw,
+        Err(e) => {
+            tracing::error!(error = %e, event, "cannot serialise an event");
+            return;
+        }
+    };
+    for socket in target.sockets() {
+        emit_or_drop(socket, event, &raw);
+    }
+}
+
+fn emit_or_drop(socket: SocketRef, event: &str, raw: &RawValue) {
+    match socket.emit(event, raw) {
+        Ok(()) => {}
+        Err(socketioxide::SendError::Socket(SocketError::InternalChannelFull)) => {
+            metrics::counter!("coolchat_slow_sockets_dropped_total").increment(1);
+            tracing::info!(sid = %socket.id, "socket too slow (outgoing buffer full): disconnecting");
+            force_disconnect(socket);
+        }
+        Err(_) => {} // closed meanwhile
+    }
+}
+
+async fn dispatch(io: &SocketIo, event: BusEvent) {
     match event {
         BusEvent::MessageCreated { message } => {
-            io.to(message.room_id.clone()).emit("message", &message).await?;
+            deliver(io.to(message.room_id.clone()), "message", &message);
         }
         BusEvent::Typing { room_id, address, active } => {
-            io.to(room_id.clone())
-                .except(user_room(&address))
-                .emit("typing", &json!({"room_id": room_id, "address": address, "active": active}))
-                .await?;
+            let payload = json!({"room_id": room_id, "address": address, "active": active});
+            deliver(io.to(room_id).except(user_room(&address)), "typing", &payload);
         }
         BusEvent::Read { room_id, address, seq } => {
-            io.to(room_id.clone()).emit("read", &json!({"room_id": room_id, "address": address, "seq": seq})).await?;
+            let payload = json!({"room_id": room_id, "address": address, "seq": seq});
+            deliver(io.to(room_id), "read", &payload);
         }
         BusEvent::Presence { address, online, rooms } => {
             // `to([])` would mean everyone: a user in no room has nobody to tell.
             if !rooms.is_empty() {
-                io.to(rooms).except(user_room(&address)).emit("presence", &json!({"address": address, "online": online})).await?;
+                let payload = json!({"address": address, "online": online});
+                deliver(io.to(rooms).except(user_room(&address)), "presence", &payload);
             }
         }
         BusEvent::RoomChanged { room, added, removed } => {
@@ -52,31 +80,25 @@ async fn dispatch(io: &SocketIo, event: BusEvent) -> Result<(), socketioxide::Br
                 }
             }
             let payload = json!({ "room": room });
-            io.to(room.id.clone()).emit("room", &payload).await?;
-            if !removed.is_empty() {
-                let rooms: Vec<String> = removed.iter().map(user_room).collect();
-                io.to(rooms).emit("room", &payload).await?;
-            }
+            let mut targets: Vec<String> = removed.iter().map(user_room).collect();
+            targets.push(room.id.clone());
+            deliver(io.to(targets), "room", &payload);
         }
         BusEvent::SessionsEnded { token_hashes, reason } => {
             for hash in token_hashes {
-                end_sockets(io, token_room(&hash), reason.code()).await;
+                for socket in io.to(token_room(&hash)).sockets() {
+                    end_session(&socket, reason.code());
+                }
             }
         }
         BusEvent::AddressEnded { address, reason } => {
-            end_sockets(io, user_room(&address), reason.code()).await;
+            for socket in io.to(user_room(&address)).sockets() {
+                end_session(&socket, reason.code());
+            }
         }
         BusEvent::MessageDeleted { room_id, id, seq } => {
-            io.to(room_id.clone()).emit("message:deleted", &json!({"room_id": room_id, "id": id, "seq": seq})).await?;
+            let payload = json!({"room_id": room_id, "id": id, "seq": seq});
+            deliver(io.to(room_id), "message:deleted", &payload);
         }
-    }
-    Ok(())
-}
-
-/// `session:end`, then disconnect, for every local socket in `room`.
-async fn end_sockets(io: &SocketIo, room: String, code: &str) {
-    let _ = io.to(room.clone()).emit("session:end", &json!({ "code": code })).await;
-    if let Err(e) = io.to(room).disconnect().await {
-        tracing::debug!(error = %e, "disconnect after session end failed for some sockets");
     }
 }

@@ -44,8 +44,15 @@ fn error_response(e: &Error) -> Response {
     resp
 }
 
+/// Parses a JSON object body. serde would also accept a JSON array for a struct; the protocol
+/// says objects, so anything else is refused.
 fn parse_json<T: DeserializeOwned>(body: &Bytes) -> Result<T, Error> {
-    serde_json::from_slice(body).map_err(|e| Error::InvalidRequest(format!("invalid JSON body: {e}")))
+    let value: serde_json::Value =
+        serde_json::from_slice(body).map_err(|e| Error::InvalidRequest(format!("invalid JSON body: {e}")))?;
+    if !value.is_object() {
+        return Err(Error::InvalidRequest("the request body must be a JSON object".into()));
+    }
+    serde_json::from_value(value).map_err(|e| Error::InvalidRequest(format!("invalid request body: {e}")))
 }
 
 fn parse_address(s: &str) -> Result<Address, Error> {

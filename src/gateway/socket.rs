@@ -38,69 +38,52 @@ impl fmt::Display for ConnectRefusal {
 
 #[derive(Deserialize)]
 struct ConnectAuth {
-    token: Option<String>,
+    token: Option<serde_json::Value>,
 }
 
 /// Fires `session:end` when the token's lifetime is over, unless the socket goes first.
 #[derive(Clone)]
 struct ExpiryGuard(CancellationToken);
 
+/// Set on a socket whose session ended: its events are refused while it is being closed.
+#[derive(Clone)]
+pub struct SessionEnded;
+
 pub fn register(io: &SocketIo, svc: ChatService) {
-    let mw_svc = svc.clone();
     let middleware = move |s: SocketRef, TryData(auth): TryData<ConnectAuth>| {
-        let svc = mw_svc.clone();
-        async move {
-            let token = auth.ok().and_then(|a| a.token);
-            let who = svc.authenticate(token.as_deref()).await.map_err(|e| ConnectRefusal(e.body()))?;
-            svc.connected(&who, &s.id.to_string()).await.map_err(|e| ConnectRefusal(e.body()))?;
-            s.extensions.insert(who);
-            Ok::<(), ConnectRefusal>(())
-        }
-    };
-    let on_connect = move |s: SocketRef| {
         let svc = svc.clone();
-        async move { on_connect(s, svc).await }
+        async move { prepare(s, svc, auth.ok().and_then(|a| a.token)).await.map_err(|e| ConnectRefusal(e.body())) }
+    };
+    let on_connect = |s: SocketRef| async move {
+        metrics::gauge!("coolchat_sockets_connected").increment(1.0);
+        tracing::debug!(sid = %s.id, "socket connected");
     };
     io.ns("/", socketioxide::handler::ConnectHandler::with(on_connect, middleware));
 }
 
-async fn on_connect(s: SocketRef, svc: ChatService) {
-    let Some(who) = s.extensions.get::<Identity>() else {
-        let _ = s.disconnect();
-        return;
+/// Everything a socket needs happens here, *before* socketioxide confirms the connection:
+/// authentication, room subscriptions, event handlers and presence. Done later (in the connect
+/// handler, which runs as its own task after the confirmation), an event the client emits the
+/// moment it sees `connect` could arrive before its handler exists and be dropped.
+async fn prepare(s: SocketRef, svc: ChatService, token: Option<serde_json::Value>) -> Result<(), Error> {
+    let token = match token {
+        None | Some(serde_json::Value::Null) => None,
+        Some(serde_json::Value::String(t)) => Some(t),
+        Some(_) => return Err(Error::InvalidToken),
     };
-    metrics::gauge!("coolchat_sockets_connected").increment(1.0);
+    let who = svc.authenticate(token.as_deref()).await?;
+    s.extensions.insert(who.clone());
+    // The user's own room first: a membership change from now on reaches this socket, so a
+    // room created between this query and the join below is not missed.
     s.join([user_room(&who.address), token_room(&who.token_hash)]);
-    // Joined the user's room first: a membership change from now on reaches this socket, so
-    // a room created between this query and the join below is not missed.
-    match svc.room_ids(who.address).await {
-        Ok(rooms) => s.join(rooms),
-        Err(e) => {
-            tracing::warn!(error = %e, "could not load rooms for a new socket");
-            let _ = s.emit("session:end", &json!({"code": e.code()}));
-            let _ = s.disconnect();
-            return;
-        }
-    }
+    s.join(svc.room_ids(who.address).await?);
+    register_events(&s, &svc);
+    // Presence last: it is the only step with an effect outside this socket, and from here on
+    // the disconnect handler undoes it.
+    svc.connected(&who, &s.id.to_string()).await?;
 
     let expiry = CancellationToken::new();
     s.extensions.insert(ExpiryGuard(expiry.clone()));
-    let socket = s.clone();
-    let expires_at = who.expires_at;
-    tokio::spawn(async move {
-        let left = (expires_at - time::OffsetDateTime::now_utc()).max(time::Duration::ZERO);
-        let left = std::time::Duration::try_from(left).unwrap_or_default();
-        tokio::select! {
-            _ = expiry.cancelled() => {}
-            _ = tokio::time::sleep(left) => {
-                let _ = socket.emit("session:end", &json!({"code": "token_expired"}));
-                let _ = socket.disconnect();
-            }
-        }
-    });
-
-    register_events(&s, &svc);
-
     let svc_dc = svc.clone();
     s.on_disconnect(move |s: SocketRef| {
         let svc = svc_dc.clone();
@@ -116,6 +99,50 @@ async fn on_connect(s: SocketRef, svc: ChatService) {
             }
         }
     });
+    let socket = s.clone();
+    let left = (who.expires_at - time::OffsetDateTime::now_utc()).max(time::Duration::ZERO);
+    let left = std::time::Duration::try_from(left).unwrap_or_default();
+    tokio::spawn(async move {
+        tokio::select! {
+            _ = expiry.cancelled() => {}
+            _ = tokio::time::sleep(left) => end_session(&socket, "token_expired"),
+        }
+    });
+    Ok(())
+}
+
+/// Tells a socket its session is over and closes it. If its outgoing buffer is full (a slow
+/// client), it is unsubscribed at once and the close is retried until it goes through, so a
+/// revoked session never keeps receiving.
+pub fn end_session(s: &SocketRef, code: &str) {
+    s.extensions.insert(SessionEnded);
+    let _ = s.emit("session:end", &json!({ "code": code }));
+    force_disconnect(s.clone());
+}
+
+/// Disconnects a socket even when its outgoing buffer is full.
+pub fn force_disconnect(s: SocketRef) {
+    s.leave_all();
+    if s.clone().disconnect().is_ok() {
+        return;
+    }
+    tokio::spawn(async move {
+        for _ in 0..100 {
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            if !s.connected() || s.clone().disconnect().is_ok() {
+                return;
+            }
+        }
+        tracing::warn!(sid = %s.id, "could not close a socket whose buffer stays full");
+    });
+}
+
+/// The caller of an event, unless the socket's session has ended.
+fn caller(s: &SocketRef) -> Result<Identity, Error> {
+    if s.extensions.get::<SessionEnded>().is_some() {
+        return Err(Error::TokenRevoked);
+    }
+    s.extensions.get::<Identity>().ok_or(Error::InvalidToken)
 }
 
 /// `{"ok": false, "error": {...}}`
@@ -166,8 +193,8 @@ fn register_events(s: &SocketRef, svc: &ChatService) {
     s.on("message:send", move |s: SocketRef, TryData(data): TryData<Value>, ack: AckSender| {
         let svc = svc1.clone();
         async move {
-            let Some(who) = s.extensions.get::<Identity>() else { return };
             let result = async {
+                let who = caller(&s)?;
                 let req: SendRequest = parse(data)?;
                 if req.room_id.is_empty() {
                     return Err(Error::InvalidRequest("room_id is required".into()));
@@ -193,8 +220,8 @@ fn register_events(s: &SocketRef, svc: &ChatService) {
     s.on("sync", move |s: SocketRef, TryData(data): TryData<Value>, ack: AckSender| {
         let svc = svc2.clone();
         async move {
-            let Some(who) = s.extensions.get::<Identity>() else { return };
             let result = async {
+                let who = caller(&s)?;
                 let req: SyncEvent = parse(data)?;
                 svc.sync(&who, &req.cursors).await
             }
@@ -213,8 +240,8 @@ fn register_events(s: &SocketRef, svc: &ChatService) {
     s.on("typing", move |s: SocketRef, TryData(data): TryData<Value>, ack: AckSender| {
         let svc = svc3.clone();
         async move {
-            let Some(who) = s.extensions.get::<Identity>() else { return };
             let result = async {
+                let who = caller(&s)?;
                 let req: TypingEvent = parse(data)?;
                 svc.typing(&who, &req.room_id, req.active).await
             }
@@ -230,8 +257,8 @@ fn register_events(s: &SocketRef, svc: &ChatService) {
     s.on("read", move |s: SocketRef, TryData(data): TryData<Value>, ack: AckSender| {
         let svc = svc4.clone();
         async move {
-            let Some(who) = s.extensions.get::<Identity>() else { return };
             let result = async {
+                let who = caller(&s)?;
                 let req: ReadEvent = parse(data)?;
                 svc.read(&who, &req.room_id, req.seq).await
             }

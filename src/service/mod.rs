@@ -310,7 +310,8 @@ impl ChatService {
         // A retry is answered from the store before any limit applies: retrying must never be
         // what gets a client rate-limited, and never creates a second message.
         if let Some(existing) = self.store().find_by_client_msg_id(who.address, &req.client_msg_id).await? {
-            if existing.room_id != req.room_id || existing.body != req.body {
+            // A tombstone answers its retries as itself (its body is gone, so no comparison).
+            if !existing.deleted && (existing.room_id != req.room_id || existing.body != req.body) {
                 return Err(Error::IdempotencyConflict);
             }
             return Ok(SendOutcome::Sent { message: existing, created: false });
@@ -434,10 +435,7 @@ impl ChatService {
     /// A socket of `who` connected. Refuses past the per-user socket limit.
     pub async fn connected(&self, who: &Identity, connection_id: &str) -> Result<()> {
         let max = self.inner.config.limits.max_sockets_per_user;
-        if self.state().connection_count(who.address).await? >= max {
-            return Err(Error::Forbidden(format!("too many live connections (at most {max})")));
-        }
-        if self.state().presence_connect(who.address, connection_id).await? {
+        if self.state().presence_connect(who.address, connection_id, max).await? {
             let rooms = self.room_ids(who.address).await?;
             self.bus().publish(BusEvent::Presence { address: who.address, online: true, rooms })?;
         }
