@@ -60,6 +60,10 @@ pub enum Error {
     /// A SIWE message that does not parse as EIP-4361.
     #[error("malformed SIWE message: {0}")]
     SiweMalformed(String),
+    /// A signature that is not `0x` + 130 hex digits. Reported with the same code as a wrong
+    /// signature (`siwe_invalid_signature`, 401) but a message that says what is malformed.
+    #[error("{0}")]
+    SiweSignatureShape(&'static str),
     /// A well-formed SIWE message that this node refuses.
     #[error("{0}")]
     Siwe(SiweRefusal),
@@ -127,6 +131,7 @@ impl Error {
             Error::InvalidAddress(_) => "invalid_address",
             Error::SiweMalformed(_) => "siwe_malformed",
             Error::Siwe(r) => r.code(),
+            Error::SiweSignatureShape(_) => SiweRefusal::Signature.code(),
             Error::MissingToken => "missing_token",
             Error::InvalidToken => "invalid_token",
             Error::TokenRevoked => "token_revoked",
@@ -154,6 +159,7 @@ impl Error {
         match self {
             Error::InvalidRequest(_) | Error::InvalidAddress(_) | Error::SiweMalformed(_) => 400,
             Error::Siwe(_)
+            | Error::SiweSignatureShape(_)
             | Error::MissingToken
             | Error::InvalidToken
             | Error::TokenRevoked

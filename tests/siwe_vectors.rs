@@ -241,7 +241,7 @@ fn verification_negative() {
             "domain binding" => "siwe_domain_mismatch",
             "custom time" => "siwe_expired",
             "custom nonce" => "siwe_invalid_nonce",
-            "malformed signature" => "invalid_request",
+            "malformed signature" => "siwe_invalid_signature",
             "wrong signature" => "siwe_invalid_signature",
             "not yet valid" => "siwe_not_yet_valid",
             other => panic!("unknown verification_negative case `{other}`: add its expected code"),

@@ -23,7 +23,8 @@
 //!    re-serialization, so without this check the text we were shown (e.g. `Chain ID: 01`, or a
 //!    stray line after the statement, which the crate skips without looking) could differ from
 //!    the text that was signed;
-//! 3. the signature's shape ([`Error::InvalidRequest`]);
+//! 3. the signature's shape (a malformed signature is a bad signature: `siwe_invalid_signature`,
+//!    401, as the v1 contract lists bad signatures among the 401 refusals);
 //! 4. the domain: equal to ours, ASCII case-insensitively ([`SiweRefusal::Domain`]);
 //! 5. the URI: same scheme and authority as our origin, case-insensitively; any path, query or
 //!    fragment may follow. No default-port folding: `https://host:443` is not `https://host`
@@ -91,10 +92,9 @@ pub fn parse_signature(sig: &str) -> Result<[u8; 65], Error> {
     let hex_part = sig
         .strip_prefix("0x")
         .filter(|h| h.len() == 130)
-        .ok_or_else(|| Error::InvalidRequest(SIGNATURE_SHAPE.into()))?;
+        .ok_or(Error::SiweSignatureShape(SIGNATURE_SHAPE))?;
     let mut bytes = [0u8; 65];
-    hex::decode_to_slice(hex_part, &mut bytes)
-        .map_err(|_| Error::InvalidRequest(SIGNATURE_SHAPE.into()))?;
+    hex::decode_to_slice(hex_part, &mut bytes).map_err(|_| Error::SiweSignatureShape(SIGNATURE_SHAPE))?;
     Ok(bytes)
 }
 
@@ -406,12 +406,12 @@ mod tests {
         ] {
             assert_eq!(
                 parse_signature(&bad).expect_err("bad shape").code(),
-                "invalid_request",
+                "siwe_invalid_signature",
                 "{bad:?}"
             );
             assert_eq!(
                 code(verify(&text, &bad, &expect(), NOW)),
-                "invalid_request",
+                "siwe_invalid_signature",
                 "{bad:?}"
             );
         }
@@ -759,7 +759,7 @@ mod tests {
         .text();
         assert_eq!(
             code(verify(&text, "bad", &expect(), NOW)),
-            "invalid_request"
+            "siwe_invalid_signature"
         );
         assert_eq!(
             code(verify(&text, &dummy_sig(), &expect(), NOW)),

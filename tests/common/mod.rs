@@ -54,7 +54,12 @@ pub async fn node_with(tweak: impl FnOnce(&mut Config)) -> Node {
     cfg.validate().expect("test configuration validates");
     let backends = coolchat::backends::open(&cfg).await.unwrap();
     let svc = ChatService::new(backends.clone(), cfg.clone(), origin());
-    Node { dir, cfg, backends, svc }
+    Node {
+        dir,
+        cfg,
+        backends,
+        svc,
+    }
 }
 
 pub async fn node() -> Node {
@@ -122,7 +127,12 @@ pub async fn sign_in_key(svc: &ChatService, key: SigningKey) -> TestUser {
     assert_eq!(signed.address, address_of(&key));
     let id = svc.authenticate(Some(&signed.token)).await.unwrap();
     assert_eq!(id.address, signed.address);
-    TestUser { address: signed.address, key, token: signed.token, id }
+    TestUser {
+        address: signed.address,
+        key,
+        token: signed.token,
+        id,
+    }
 }
 
 pub async fn user(svc: &ChatService) -> TestUser {
@@ -132,7 +142,12 @@ pub async fn user(svc: &ChatService) -> TestUser {
 // --- sending -----------------------------------------------------------------------------------
 
 pub fn req(room_id: &str, body: &str, client_msg_id: &str) -> SendRequest {
-    SendRequest { room_id: room_id.into(), body: body.into(), client_msg_id: client_msg_id.into(), deliver_at: None }
+    SendRequest {
+        room_id: room_id.into(),
+        body: body.into(),
+        client_msg_id: client_msg_id.into(),
+        deliver_at: None,
+    }
 }
 
 /// Sends and expects an immediately persisted message.
