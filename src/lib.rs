@@ -17,6 +17,7 @@ pub mod address;
 pub mod admin;
 pub mod auth;
 pub mod backends;
+pub mod bench;
 pub mod bus;
 pub mod config;
 pub mod ephemeral;

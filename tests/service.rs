@@ -111,8 +111,8 @@ async fn a_bad_signature_does_not_burn_the_nonce() {
     // Signed by someone else for this address.
     let impostor = sign(&random_key(), &text);
     assert_eq!(code(node.svc.sign_in(&text, &impostor).await), "siwe_invalid_signature");
-    // Not even shaped like a signature.
-    assert_eq!(code(node.svc.sign_in(&text, "0x1234").await), "invalid_request");
+    // Not even shaped like a signature: refused like a wrong one.
+    assert_eq!(code(node.svc.sign_in(&text, "0x1234").await), "siwe_invalid_signature");
     // The rightful signer still gets in with the same nonce.
     let signed = node.svc.sign_in(&text, &good).await.unwrap();
     assert_eq!(signed.address, address_of(&key));
@@ -200,6 +200,30 @@ async fn authenticate_refuses_missing_garbage_unknown_revoked_and_expired_tokens
     assert_eq!(code(svc.authenticate(Some(&tok)).await), "token_expired");
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_signed_message_replayed_concurrently_signs_in_once() {
+    let node = node().await;
+    let key = random_key();
+    let (text, sig) = signed_message(&node.svc, &key).await;
+    let tasks: Vec<_> = (0..16)
+        .map(|_| {
+            let (svc, text, sig) = (node.svc.clone(), text.clone(), sig.clone());
+            tokio::spawn(async move { svc.sign_in(&text, &sig).await })
+        })
+        .collect();
+    let mut ok = 0;
+    for task in tasks {
+        match task.await.unwrap() {
+            Ok(signed) => {
+                ok += 1;
+                node.svc.authenticate(Some(&signed.token)).await.unwrap();
+            }
+            Err(e) => assert_eq!(e.code(), "siwe_invalid_nonce"),
+        }
+    }
+    assert_eq!(ok, 1);
+}
+
 // --- rooms -------------------------------------------------------------------------------------
 
 #[tokio::test]
@@ -273,6 +297,60 @@ async fn rooms_are_capped_at_max_room_members() {
             .len(),
         3
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_adds_never_pass_the_room_cap() {
+    let node = node_with(|c| c.limits.max_room_members = 5).await;
+    let a = user(&node.svc).await;
+    let room = node
+        .svc
+        .create_room(&a.id, "r", &[address_of(&random_key())])
+        .await
+        .unwrap();
+    let mut events = node.backends.bus.subscribe();
+    let tasks: Vec<_> = (0..12)
+        .map(|_| {
+            let (svc, id, room_id) = (node.svc.clone(), a.id.clone(), room.id.clone());
+            tokio::spawn(async move { svc.add_member(&id, &room_id, address_of(&random_key())).await })
+        })
+        .collect();
+    let mut added = 0;
+    for task in tasks {
+        match task.await.unwrap() {
+            Ok(_) => added += 1,
+            Err(e) => assert_eq!(e.code(), "room_full"),
+        }
+    }
+    assert_eq!(added, 3);
+    assert_eq!(node.svc.room(&a.id, &room.id).await.unwrap().members.len(), 5);
+    assert_eq!(room_changes(&drain(&mut events)).len(), 3);
+}
+
+#[tokio::test]
+async fn rooms_per_user_are_capped() {
+    let node = node_with(|c| c.limits.max_rooms_per_user = 2).await;
+    let a = user(&node.svc).await;
+    let b = user(&node.svc).await;
+    node.svc.create_room(&a.id, "one", &[]).await.unwrap();
+    let (dm, _) = node.svc.open_dm(&a.id, b.address).await.unwrap();
+    assert_eq!(code(node.svc.create_room(&a.id, "three", &[]).await), "forbidden");
+    let theirs = node.svc.create_room(&b.id, "b's", &[]).await.unwrap();
+    assert_eq!(
+        code(node.svc.add_member(&b.id, &theirs.id, a.address).await),
+        "forbidden"
+    );
+    // Leaving frees a slot (DMs cannot be left, so leave the group).
+    let first = node
+        .svc
+        .rooms(&a.id)
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|r| r.id != dm.id)
+        .unwrap();
+    node.svc.remove_member(&a.id, &first.id, a.address).await.unwrap();
+    node.svc.add_member(&b.id, &theirs.id, a.address).await.unwrap();
 }
 
 #[tokio::test]
@@ -365,6 +443,35 @@ async fn a_dm_is_one_room_both_ways_and_never_changes_members() {
     // Both can talk in it.
     assert_eq!(send(&node.svc, &a.id, &dm.id, "hi", "a1").await.seq, 1);
     assert_eq!(send(&node.svc, &b.id, &dm.id, "hello", "b1").await.seq, 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn opening_the_same_dm_concurrently_from_both_sides_creates_one_room() {
+    let node = node().await;
+    let a = user(&node.svc).await;
+    let b = user(&node.svc).await;
+    let mut events = node.backends.bus.subscribe();
+    let tasks: Vec<_> = (0..10)
+        .map(|i| {
+            let svc = node.svc.clone();
+            let (me, other) = if i % 2 == 0 {
+                (a.id.clone(), b.address)
+            } else {
+                (b.id.clone(), a.address)
+            };
+            tokio::spawn(async move { svc.open_dm(&me, other).await.unwrap() })
+        })
+        .collect();
+    let mut ids = HashSet::new();
+    let mut created = 0;
+    for task in tasks {
+        let (room, new) = task.await.unwrap();
+        ids.insert(room.id);
+        created += usize::from(new);
+    }
+    assert_eq!(ids.len(), 1);
+    assert_eq!(created, 1);
+    assert_eq!(room_changes(&drain(&mut events)).len(), 1);
 }
 
 #[tokio::test]
@@ -566,6 +673,35 @@ async fn the_send_rate_limits_new_messages_but_never_retries() {
     );
     // The limit is per user.
     assert_eq!(send(&node.svc, &b.id, &room.id, "mine", "b1").await.seq, 4);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_resends_create_one_message() {
+    let node = node().await;
+    let a = user(&node.svc).await;
+    let room = node.svc.create_room(&a.id, "r", &[]).await.unwrap();
+    let mut events = node.backends.bus.subscribe();
+    let tasks: Vec<_> = (0..16)
+        .map(|_| {
+            let (svc, id, room_id) = (node.svc.clone(), a.id.clone(), room.id.clone());
+            tokio::spawn(async move { svc.send(&id, req(&room_id, "once", "dup")).await.unwrap() })
+        })
+        .collect();
+    let mut created = 0;
+    let mut seen = HashSet::new();
+    for task in tasks {
+        match task.await.unwrap() {
+            SendOutcome::Sent { message, created: new } => {
+                created += usize::from(new);
+                seen.insert((message.id, message.seq));
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+    assert_eq!(created, 1);
+    assert_eq!(seen.len(), 1, "every attempt got the same message");
+    assert_eq!(created_messages(&drain(&mut events)).len(), 1);
+    assert_eq!(node.svc.room(&a.id, &room.id).await.unwrap().last_seq, 1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -931,15 +1067,42 @@ async fn sockets_per_user_are_capped() {
     let b = user(&node.svc).await;
     node.svc.connected(&a.id, "1").await.unwrap();
     node.svc.connected(&a.id, "2").await.unwrap();
-    assert_eq!(code(node.svc.connected(&a.id, "3").await), "forbidden");
+    assert_eq!(code(node.svc.connected(&a.id, "3").await), "too_many_connections");
     // Per user, not per node.
     node.svc.connected(&b.id, "1").await.unwrap();
     // A freed slot can be reused.
     node.svc.disconnected(&a.id, "1").await.unwrap();
     node.svc.connected(&a.id, "3").await.unwrap();
-    assert_eq!(code(node.svc.connected(&a.id, "4").await), "forbidden");
+    assert_eq!(code(node.svc.connected(&a.id, "4").await), "too_many_connections");
     let (online, _) = node.svc.live_gauges().await.unwrap();
     assert_eq!(online, 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_connects_never_pass_the_socket_cap() {
+    let node = node_with(|c| c.limits.max_sockets_per_user = 3).await;
+    let a = user(&node.svc).await;
+    let mut events = node.backends.bus.subscribe();
+    let tasks: Vec<_> = (0..32)
+        .map(|i| {
+            let svc = node.svc.clone();
+            let id = a.id.clone();
+            tokio::spawn(async move { svc.connected(&id, &format!("conn-{i}")).await })
+        })
+        .collect();
+    let mut accepted = 0;
+    for task in tasks {
+        match task.await.unwrap() {
+            Ok(()) => accepted += 1,
+            Err(e) => assert_eq!(e.code(), "too_many_connections"),
+        }
+    }
+    assert_eq!(accepted, 3);
+    let online: Vec<BusEvent> = drain(&mut events)
+        .into_iter()
+        .filter(|e| matches!(e, BusEvent::Presence { online: true, .. }))
+        .collect();
+    assert_eq!(online.len(), 1, "online is announced once");
 }
 
 // --- scheduled messages ------------------------------------------------------------------------
@@ -1092,6 +1255,100 @@ async fn deliver_at_must_be_rfc3339_and_within_the_horizon() {
                 .await
         ),
         "not_member"
+    );
+}
+
+#[tokio::test]
+async fn pending_scheduled_messages_are_capped_per_user() {
+    let node = node_with(|c| c.limits.max_scheduled_per_user = 2).await;
+    let a = user(&node.svc).await;
+    let room = node.svc.create_room(&a.id, "r", &[]).await.unwrap();
+    let at = || model::fmt_time(model::now_ms() + Duration::from_secs(600));
+    node.svc
+        .send(&a.id, scheduled_req(&room.id, "1", "s1", at()))
+        .await
+        .unwrap();
+    node.svc
+        .send(&a.id, scheduled_req(&room.id, "2", "s2", at()))
+        .await
+        .unwrap();
+    assert_eq!(
+        code(node.svc.send(&a.id, scheduled_req(&room.id, "3", "s3", at())).await),
+        "forbidden"
+    );
+    // A resend of a pending one is still answered.
+    assert!(matches!(
+        node.svc
+            .send(&a.id, scheduled_req(&room.id, "2", "s2", at()))
+            .await
+            .unwrap(),
+        SendOutcome::Scheduled { created: false, .. }
+    ));
+    // Immediate sends are not affected.
+    assert_eq!(send(&node.svc, &a.id, &room.id, "now", "n1").await.seq, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_scheduler_drops_an_entry_whose_sender_left_the_room() {
+    let node = node().await;
+    let a = user(&node.svc).await;
+    let b = user(&node.svc).await;
+    let room = node.svc.create_room(&a.id, "r", &[b.address]).await.unwrap();
+    let now = model::now_ms();
+    let first = model::fmt_time(now + Duration::from_millis(600));
+    let second = model::fmt_time(now + Duration::from_millis(700));
+    node.svc
+        .send(&b.id, scheduled_req(&room.id, "gone", "b-s", first))
+        .await
+        .unwrap();
+    node.svc
+        .send(&a.id, scheduled_req(&room.id, "stays", "a-s", second))
+        .await
+        .unwrap();
+    node.svc.remove_member(&b.id, &room.id, b.address).await.unwrap();
+    let mut events = node.backends.bus.subscribe();
+
+    let stop = CancellationToken::new();
+    let scheduler = tokio::spawn(coolchat::worker::run_scheduler(
+        node.backends.store.clone(),
+        node.backends.queue.clone(),
+        Duration::from_millis(20),
+        stop.clone(),
+    ));
+    // Entries are delivered in deliver_at order, so once a's is out, b's has been handled.
+    let delivered = match wait_for(&mut events, |e| matches!(e, BusEvent::MessageCreated { .. })).await {
+        BusEvent::MessageCreated { message } => message,
+        _ => unreachable!(),
+    };
+    stop.cancel();
+    scheduler.await.unwrap();
+    assert_eq!(
+        (delivered.sender, delivered.body.as_str(), delivered.seq),
+        (a.address, "stays", 1)
+    );
+    assert!(
+        node.backends
+            .store
+            .find_scheduled(b.address, "b-s")
+            .await
+            .unwrap()
+            .is_none()
+    );
+    assert!(
+        node.backends
+            .store
+            .find_by_client_msg_id(b.address, "b-s")
+            .await
+            .unwrap()
+            .is_none()
+    );
+    assert_eq!(
+        node.svc
+            .history(&a.id, &room.id, HistoryPage::After(0), None)
+            .await
+            .unwrap()
+            .messages,
+        vec![delivered]
     );
 }
 

@@ -35,13 +35,21 @@ pub struct RoomInfo {
     pub connected: AtomicU32,
 }
 
+/// The rooms of the run, once created.
+#[derive(Default)]
+pub struct RoomTable {
+    pub rooms: Vec<RoomInfo>,
+    pub index: HashMap<String, u32>,
+}
+
 /// Everything client tasks share.
 pub struct RunCtx {
     pub net: super::net::Net,
+    pub users: Vec<super::login::Identity>,
     pub stats: Stats,
     pub ledger: Ledger,
-    pub rooms: Vec<RoomInfo>,
-    pub room_index: HashMap<String, u32>,
+    /// Set once, after room setup and before any socket connects.
+    pub table: std::sync::OnceLock<RoomTable>,
     pub phase: watch::Sender<Phase>,
     pub payload_bytes: usize,
     pub padding: String,
@@ -49,6 +57,16 @@ pub struct RunCtx {
     pub run_id: String,
     pub ack_timeout: Duration,
     pub handshake_timeout: Duration,
+}
+
+impl RunCtx {
+    pub fn rooms(&self) -> &[RoomInfo] {
+        self.table.get().map(|t| t.rooms.as_slice()).unwrap_or(&[])
+    }
+
+    pub fn room_of(&self, id: &str) -> Option<u32> {
+        self.table.get().and_then(|t| t.index.get(id).copied())
+    }
 }
 
 /// How long to wait for the `sync` ack that proves the node has subscribed the socket to its
@@ -235,7 +253,7 @@ impl Conn {
             stats.error("protocol:bad_message");
             return;
         };
-        let Some(&room) = ctx.room_index.get(m.room_id.as_ref()) else {
+        let Some(room) = ctx.room_of(m.room_id.as_ref()) else {
             Counters::bump(&stats.c.foreign);
             return;
         };
@@ -285,7 +303,7 @@ impl Conn {
                 stats.ack.record_us(stats.now_us().saturating_sub(p.sent_us));
                 let expected = self
                     .send_room
-                    .and_then(|r| ctx.rooms.get(r as usize))
+                    .and_then(|r| ctx.rooms().get(r as usize))
                     .map(|r| r.connected.load(Ordering::Relaxed))
                     .unwrap_or(0);
                 stats.c.expected.fetch_add(u64::from(expected), Ordering::Relaxed);
@@ -322,7 +340,18 @@ impl Conn {
     }
 }
 
-/// Runs a connected, ready user until the run closes or the node hangs up.
+/// Counts a ready user as a connected receiver of its rooms ([`run`] undoes it at the end).
+pub fn join_rooms(ctx: &RunCtx, plan: &ClientPlan) {
+    for &r in &plan.rooms {
+        if let Some(room) = ctx.rooms().get(r as usize) {
+            room.connected.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+    ctx.stats.c.connected.fetch_add(1, Ordering::Relaxed);
+}
+
+/// Runs a connected, ready user (already counted by [`join_rooms`]) until the run closes or
+/// the node hangs up.
 pub async fn run(ctx: Arc<RunCtx>, plan: ClientPlan, mut ws: Ws, mut next_ack: u64) {
     let stats = &ctx.stats;
     let mut phase_rx = ctx.phase.subscribe();
@@ -332,13 +361,8 @@ pub async fn run(ctx: Arc<RunCtx>, plan: ClientPlan, mut ws: Ws, mut next_ack: u
         pending: Vec::new(),
         send_room: plan.send.map(|s| s.room),
     };
-    for &r in &plan.rooms {
-        if let Some(room) = ctx.rooms.get(r as usize) {
-            room.connected.fetch_add(1, Ordering::Relaxed);
-        }
-    }
-    stats.c.connected.fetch_add(1, Ordering::Relaxed);
-    let room_id: Option<&str> = plan.send.and_then(|s| ctx.rooms.get(s.room as usize)).map(|r| r.id.as_str());
+    let room_id: Option<&str> =
+        plan.send.and_then(|s| ctx.rooms().get(s.room as usize)).map(|r| r.id.as_str()).filter(|id| !id.is_empty());
 
     let mut phase = *phase_rx.borrow_and_update();
     let mut next_send = Instant::now();
@@ -351,7 +375,7 @@ pub async fn run(ctx: Arc<RunCtx>, plan: ClientPlan, mut ws: Ws, mut next_ack: u
     };
     if phase == Phase::Running {
         start_sending(&mut next_send);
-        sending = plan.send.is_some();
+        sending = plan.send.is_some() && room_id.is_some();
     }
 
     let hung_up_by_node = loop {
@@ -367,7 +391,7 @@ pub async fn run(ctx: Arc<RunCtx>, plan: ClientPlan, mut ws: Ws, mut next_ack: u
                 let new = *phase_rx.borrow_and_update();
                 if new == Phase::Running && phase < Phase::Running {
                     start_sending(&mut next_send);
-                    sending = plan.send.is_some();
+                    sending = plan.send.is_some() && room_id.is_some();
                 }
                 if new >= Phase::Draining {
                     sending = false;
@@ -430,7 +454,7 @@ pub async fn run(ctx: Arc<RunCtx>, plan: ClientPlan, mut ws: Ws, mut next_ack: u
     }
     conn.expire(&ctx, true);
     for &r in &plan.rooms {
-        if let Some(room) = ctx.rooms.get(r as usize) {
+        if let Some(room) = ctx.rooms().get(r as usize) {
             room.connected.fetch_sub(1, Ordering::Relaxed);
         }
     }

@@ -155,7 +155,7 @@ pub async fn run(ctx: Arc<RunCtx>, mon: Arc<Monitor>) {
         let line = progress_line(&sample, &label, Counters::get(&c.attempts_done));
         match &mon.bar {
             Some(bar) => bar.set_message(line),
-            None if mon.plain && n % 5 == 0 => eprintln!("{line}"),
+            None if mon.plain && n.is_multiple_of(5) => eprintln!("{line}"),
             None => {}
         }
         mon.samples.lock().push(sample);

@@ -171,10 +171,8 @@ pub fn event_arg<'a, T: Deserialize<'a>>(payload: &'a str) -> Result<T, serde_js
 /// The first argument of an ack (`[arg, ...]`), decoded into `T`.
 pub fn ack_arg<'a, T: Deserialize<'a>>(payload: &'a str) -> Result<T, serde_json::Error> {
     #[derive(Deserialize)]
-    struct One<A>(A);
-    #[derive(Deserialize)]
     struct OneOrMore<A>(A, serde::de::IgnoredAny);
-    serde_json::from_str::<One<T>>(payload).or_else(|_| serde_json::from_str::<OneOrMore<T>>(payload).map(|t| t.0))
+    serde_json::from_str::<(T,)>(payload).map(|t| t.0).or_else(|_| serde_json::from_str::<OneOrMore<T>>(payload).map(|t| t.0))
 }
 
 /// The error code of a `connect_error` packet: `{"message", "data": {"error": {"code"}}}` as

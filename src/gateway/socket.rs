@@ -180,8 +180,9 @@ struct ReadEvent {
     seq: i64,
 }
 
+/// Unknown fields are ignored here (unlike `message:send`): a newer client may send more
+/// sync hints, and ignoring them loses nothing.
 #[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
 struct SyncEvent {
     #[serde(default)]
     cursors: HashMap<String, i64>,

@@ -171,10 +171,11 @@ pub fn code<T: std::fmt::Debug>(r: Result<T, Error>) -> &'static str {
 pub type Events = BoxStream<'static, BusEvent>;
 
 /// Every event already published to `events`, without waiting. Deterministic for events the
-/// service publishes before returning (every publish is synchronous on the local bus).
+/// service publishes before returning (every publish is synchronous on the local bus). Polled
+/// outside tokio's cooperative budget, which would otherwise report "pending" after ~128 events.
 pub fn drain(events: &mut Events) -> Vec<BusEvent> {
     let mut out = Vec::new();
-    while let Some(Some(ev)) = events.next().now_or_never() {
+    while let Some(Some(ev)) = tokio::task::unconstrained(events.next()).now_or_never() {
         out.push(ev);
     }
     out

@@ -88,6 +88,32 @@ describe('sign-in', () => {
     assertError(await verify(ctx.url, text, await b.signMessage(text)), 401, 'siwe_invalid_nonce');
   });
 
+  it('a refused attempt does not burn the nonce (docs §2.4): fix the message and retry with it', async () => {
+    const wallet = newWallet();
+    const info = await getNonce(ctx.url);
+    const wrong = siweText(info, wallet.address, { domain: 'evil.example.com' });
+    assertError(await verify(ctx.url, wrong, await wallet.signMessage(wrong)), 401, 'siwe_domain_mismatch');
+    const text = siweText(info, wallet.address);
+    assertError(await verify(ctx.url, text, await newWallet().signMessage(text)), 401, 'siwe_invalid_signature');
+    const res = await verify(ctx.url, text, await wallet.signMessage(text));
+    assert.equal(res.status, 200, show(res));
+  });
+
+  it('tokens look like cct_ + 64 lower-case hex (docs §2.6); each sign-in gets its own', async () => {
+    const wallet = newWallet();
+    const t1 = (await signIn(ctx.url, wallet)).token;
+    const t2 = (await signIn(ctx.url, wallet)).token;
+    assert.match(t1, /^cct_[0-9a-f]{64}$/);
+    assert.notEqual(t1, t2);
+  });
+
+  it('a lower-case address inside the SIWE message → 400 siwe_malformed (EIP-4361 needs EIP-55)', async () => {
+    const wallet = newWallet();
+    const info = await getNonce(ctx.url);
+    const text = siweText(info, wallet.address).replace(wallet.address, wallet.address.toLowerCase());
+    assertError(await verify(ctx.url, text, await wallet.signMessage(text)), 400, 'siwe_malformed');
+  });
+
   it('an unknown nonce is refused', async () => {
     const wallet = newWallet();
     const info = await getNonce(ctx.url);
@@ -179,11 +205,11 @@ describe('sign-in refusals', () => {
     ['non-hex characters', (s) => '0x' + 'zz' + s.slice(4)],
     ['empty', () => ''],
   ]) {
-    it(`signature ${label} → 400 invalid_request`, async () => {
+    it(`signature ${label} → 401 siwe_invalid_signature`, async () => {
       const info = await getNonce(ctx.url);
       const text = siweText(info, wallet.address);
       const sig = await wallet.signMessage(text);
-      assertError(await verify(ctx.url, text, mangle(sig)), 400, 'invalid_request');
+      assertError(await verify(ctx.url, text, mangle(sig)), 401, 'siwe_invalid_signature');
     });
   }
 
@@ -225,6 +251,17 @@ describe('tokens on REST', () => {
   it('missing Authorization → 401 missing_token', async () => {
     assertError(await api.get(ctx.url, '/api/v1/me'), 401, 'missing_token');
     assertError(await api.get(ctx.url, '/api/v1/rooms'), 401, 'missing_token');
+  });
+
+  it('the Bearer scheme is case-insensitive and the token is trimmed; other schemes → missing_token (docs §1.8)', async () => {
+    const u = await newUser(ctx.url);
+    for (const header of [`bearer ${u.token}`, `BEARER   ${u.token}  `]) {
+      const res = await api.get(ctx.url, '/api/v1/me', { headers: { authorization: header } });
+      assert.equal(res.status, 200, `Authorization: ${JSON.stringify(header)}: ${show(res)}`);
+    }
+    for (const header of [`Basic ${u.token}`, `Token ${u.token}`, 'Bearer', 'Bearer    ']) {
+      assertError(await api.get(ctx.url, '/api/v1/me', { headers: { authorization: header } }), 401, 'missing_token', `Authorization: ${JSON.stringify(header)}`);
+    }
   });
 
   it('garbage token → 401 invalid_token', async () => {

@@ -2,6 +2,7 @@
 // written before is intact.
 import { describe, it, before, after } from 'node:test';
 import assert from 'node:assert/strict';
+import nodeHttp from 'node:http';
 import {
   useServer, api, http, newUser, connectRefused, isError, newWallet, getNonce, siweText, verify, connect, waitFor, emitAck,
   send, sendOk, createRoom, restSend, history, cmid, assertError, assertAckError, show,
@@ -88,6 +89,48 @@ describe('REST', () => {
     s.close();
   });
 
+  it('request bodies are strict: unknown fields → 400 invalid_request (docs §1.1)', async () => {
+    const cases = [
+      ['POST', '/api/v1/rooms', { name: 'x', members: [], topic: 'extra' }],
+      ['POST', `/api/v1/rooms/${room.id}/messages`, { body: 'x', client_msg_id: cmid(), html: true }],
+      ['POST', `/api/v1/rooms/${room.id}/members`, { address: owner.address, role: 'admin' }],
+      ['POST', '/api/v1/dms', { address: newWallet().address, name: 'x' }],
+      ['PATCH', '/api/v1/me', { display_name: 'x', admin: true }],
+    ];
+    for (const [method, p, json] of cases) {
+      assertError(await http(ctx.url, method, p, { token: owner.token, json }), 400, 'invalid_request', `${method} ${p} ${JSON.stringify(json)}`);
+    }
+  });
+
+  it('empty or whitespace-only message bodies → 400 invalid_request', async () => {
+    for (const body of ['', '   ', '\n\t ']) {
+      const res = await api.post(ctx.url, `/api/v1/rooms/${room.id}/messages`, { token: owner.token, json: { body, client_msg_id: cmid() } });
+      assertError(res, 400, 'invalid_request', JSON.stringify(body));
+    }
+  });
+
+  it('known path with a wrong method → 405 method_not_allowed', async () => {
+    for (const [method, p] of [
+      ['DELETE', '/api/v1/me'],
+      ['PUT', '/api/v1/rooms'],
+      ['POST', '/api/v1/auth/nonce'],
+      ['GET', '/api/v1/auth/verify'],
+      ['POST', '/healthz'],
+    ]) {
+      assertError(await http(ctx.url, method, p, { token: owner.token }), 405, 'method_not_allowed', `${method} ${p}`);
+    }
+  });
+
+  it('a chunked body without Content-Length → 411 length_required', async () => {
+    const res = await rawRequest(ctx.url, 'POST', '/api/v1/rooms', {
+      authorization: `Bearer ${owner.token}`,
+      'content-type': 'application/json',
+      'transfer-encoding': 'chunked',
+    }, ['{"name":', '"chunked","members":[]}']);
+    assert.equal(res.status, 411, `${res.status} ${res.text}`);
+    assert.equal(JSON.parse(res.text).error.code, 'length_required', res.text);
+  });
+
   it('unknown routes → 404 not_found', async () => {
     for (const [method, p] of [
       ['GET', '/api/v1/nope'],
@@ -147,7 +190,34 @@ describe('REST', () => {
   });
 });
 
+/** A request written by hand (node:http), e.g. with a chunked body. */
+function rawRequest(base, method, p, headers, chunks) {
+  return new Promise((resolve, reject) => {
+    const req = nodeHttp.request(base + p, { method, headers }, (res) => {
+      let text = '';
+      res.setEncoding('utf8');
+      res.on('data', (c) => { text += c; });
+      res.on('end', () => resolve({ status: res.statusCode, text }));
+    });
+    req.setTimeout(10_000, () => req.destroy(new Error('raw request timed out')));
+    req.on('error', reject);
+    for (const c of chunks) req.write(c);
+    req.end();
+  });
+}
+
 describe('Socket.IO', () => {
+  it('unknown fields in message:send → invalid_request; sync ignores unknown top-level fields', async () => {
+    const s = await connect(ctx.url, owner.token);
+    assertAckError(await emitAck(s, 'message:send', { room_id: room.id, body: 'x', client_msg_id: cmid(), extra: 1 }), 'invalid_request', 'unknown field');
+    assertAckError(await emitAck(s, 'message:send', { room_id: room.id, body: '   ', client_msg_id: cmid() }), 'invalid_request', 'whitespace body');
+    assertAckError(await emitAck(s, 'message:send', { room_id: '', body: 'x', client_msg_id: cmid() }), 'invalid_request', 'empty room_id');
+    assertAckError(await emitAck(s, 'message:send', { room_id: room.id, body: 'x', client_msg_id: '' }), 'invalid_request', 'empty client_msg_id');
+    const ok = await emitAck(s, 'sync', { cursors: { [room.id]: seeded.length }, client: 'test', v: 2 });
+    assert.equal(ok.ok, true, JSON.stringify(ok));
+    s.close();
+  });
+
   it('malformed event payloads are answered with invalid_request and the socket keeps working', async () => {
     const s = await connect(ctx.url, owner.token);
     const bad = [

@@ -9,6 +9,7 @@ describe('health', () => {
   it('GET /healthz → 200 without a token', async () => {
     const res = await api.get(ctx.url, '/healthz');
     assert.equal(res.status, 200, show(res));
+    assert.deepEqual(res.json, { status: 'ok' }, show(res));
   });
 
   it('GET /readyz → 200 {"status":"ready", ...}', async () => {

@@ -3,7 +3,7 @@
 import { describe, it, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import {
-  startServer, api, newUser, newWallet, connect, waitFor, waitDisconnect, emitAck, send, sendOk,
+  startServer, api, newUser, newWallet, connect, connectRefused, disconnect, isError, waitFor, waitDisconnect, emitAck, send, sendOk,
   createRoom, history, cmid, closeAllSockets, assertError, assertAckError, show,
 } from './lib/harness.js';
 
@@ -21,6 +21,7 @@ describe('sizes', () => {
         COOLCHAT__LIMITS__MAX_FRAME_BYTES: String(FRAME),
         COOLCHAT__LIMITS__MAX_HTTP_BODY_BYTES: String(HTTP_BODY),
         COOLCHAT__LIMITS__MAX_ROOM_MEMBERS: '3',
+        COOLCHAT__LIMITS__MAX_SOCKETS_PER_USER: '3',
         COOLCHAT__LIMITS__MESSAGES_PER_SECOND: '10000',
         COOLCHAT__LIMITS__MESSAGE_BURST: '10000',
       },
@@ -84,6 +85,42 @@ describe('sizes', () => {
     const again = await connect(url, a.token);
     await sendOk(again, room.id, 'reconnected');
     for (const s of [again, sibling, sb]) s.close();
+  });
+
+  it('polling: a POST over max_frame_bytes ends that session only', async () => {
+    const a = await newUser(url);
+    const b = await newUser(url);
+    const room = await createRoom(url, a.token, 'poll-frames', [b.address]);
+    const victim = await connect(url, a.token, { transports: ['polling'], upgrade: false });
+    const sb = await connect(url, b.token);
+    victim.emit('message:send', { room_id: room.id, body: 'p'.repeat(FRAME * 3), client_msg_id: cmid() }, () => {});
+    await waitDisconnect(victim, 10_000);
+    const m = await sendOk(sb, room.id, 'still here');
+    assert.equal(m.seq, 1, 'the oversized send must not have been stored');
+    sb.close();
+  });
+
+  it('max_sockets_per_user (3): the 4th live socket is refused with too_many_connections; closing one frees a place', async () => {
+    const a = await newUser(url);
+    const socks = [];
+    for (let i = 0; i < 3; i++) socks.push(await connect(url, a.token));
+    const err = await connectRefused(url, a.token);
+    assert.ok(isError(err.data, 'too_many_connections'), `4th socket: ${JSON.stringify(err.data)}`);
+    // Other users are not affected.
+    const b = await newUser(url);
+    (await connect(url, b.token)).close();
+    // Close one; the server learns it asynchronously, so retry (bounded) until a connect passes.
+    await disconnect(socks.pop());
+    const deadline = Date.now() + 10_000;
+    let again;
+    while (!again) {
+      again = await connect(url, a.token).catch((e) => {
+        assert.ok(isError(e.data, 'too_many_connections'), `unexpected refusal: ${JSON.stringify(e.data)}`);
+        assert.ok(Date.now() < deadline, 'still refused 10 s after closing a socket');
+        return new Promise((r) => setTimeout(() => r(null), 100));
+      });
+    }
+    for (const s of [...socks, again]) s.close();
   });
 
   it('REST: a message body over the limit → 413 payload_too_large; a request over max_http_body_bytes → 413', async () => {

@@ -281,6 +281,14 @@ describe('history', () => {
     assertError(await page('after_seq=abc'), 400, 'invalid_request', 'after_seq=abc');
     assertError(await page('before_seq=x1'), 400, 'invalid_request', 'before_seq=x1');
     assertError(await page('limit=ten'), 400, 'invalid_request', 'limit=ten');
+    assertError(await page('limit=0'), 400, 'invalid_request', 'limit=0 (docs: L < 1 is an error)');
+    assertError(await page('after_seq=1&color=blue'), 400, 'invalid_request', 'unknown query parameter (docs §3.7)');
+  });
+
+  it('a negative after_seq counts as 0 (docs §3.7)', async () => {
+    const res = await page('after_seq=-5&limit=3');
+    assert.equal(res.status, 200, show(res));
+    assert.deepEqual(seqs(res), [1, 2, 3]);
   });
 
   it('non-members get 403 not_member, unknown rooms 404 room_not_found', async () => {

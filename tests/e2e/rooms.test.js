@@ -52,6 +52,13 @@ describe('group rooms', () => {
     assert.deepEqual(res.json.rooms.map((r) => r.id).sort(), [r1.id, r2.id].sort());
     for (const r of res.json.rooms) assertRoom(r);
 
+    const ids = res.json.rooms.map((r) => r.id);
+    assert.deepEqual(ids, [...ids].sort(), 'docs §3.5: rooms are listed sorted by id');
+    for (const r of res.json.rooms) {
+      const lower = r.members.map((m) => m.toLowerCase());
+      assert.deepEqual(lower, [...lower].sort(), `docs §1.9: members sorted by lower-case address: ${JSON.stringify(r.members)}`);
+    }
+
     res = await api.get(ctx.url, '/api/v1/rooms', { token: b.token });
     assert.deepEqual(res.json.rooms.map((r) => r.id), [r1.id]);
 
@@ -66,6 +73,21 @@ describe('group rooms', () => {
     assertError(await api.get(ctx.url, roomPath(r1.id), { token: outsider.token }), 403, 'not_member');
     assertError(await api.get(ctx.url, roomPath('doesnotexist'), { token: a.token }), 404, 'room_not_found');
     assertError(await api.get(ctx.url, roomPath('0'.repeat(32)), { token: a.token }), 404, 'room_not_found');
+  });
+
+  it('room names are trimmed, 1..100 characters, without control characters', async () => {
+    const a = await newUser(ctx.url);
+    let res = await api.post(ctx.url, '/api/v1/rooms', { token: a.token, json: { name: '  spaced out  ', members: [] } });
+    assert.equal(res.status, 201, show(res));
+    assert.equal(res.json.name, 'spaced out');
+    res = await api.post(ctx.url, '/api/v1/rooms', { token: a.token, json: { name: 'ü'.repeat(100) } });
+    assert.equal(res.status, 201, `100 characters, members omitted: ${show(res)}`);
+    assert.deepEqual(res.json.members, [a.address]);
+    for (const name of ['', '   ', 'x'.repeat(101), 'bell\u0007', 'new\nline']) {
+      res = await api.post(ctx.url, '/api/v1/rooms', { token: a.token, json: { name, members: [] } });
+      assertError(res, 400, 'invalid_request', `name ${JSON.stringify(name).slice(0, 30)}`);
+    }
+    assertError(await api.post(ctx.url, '/api/v1/rooms', { token: a.token, json: { members: [] } }), 400, 'invalid_request', 'no name');
   });
 
   it('last_seq follows the messages', async () => {
@@ -117,6 +139,8 @@ describe('membership changes', () => {
     assertRoom(res.json, { id: room.id, members: [a.address, d.address] });
     const added = await waitFor(sd, 'room', (e) => e.room?.id === room.id);
     assertRoom(added.room, { id: room.id, members: [a.address, d.address] });
+    // Existing members are told too.
+    await waitFor(sa, 'room', (e) => e.room?.id === room.id && e.room.members.includes(d.address));
 
     const m1 = await sendOk(sa, room.id, 'welcome');
     const got = await waitFor(sd, 'message', (m) => m.id === m1.id);
@@ -134,6 +158,7 @@ describe('membership changes', () => {
     assertRoom(res.json, { id: room.id, members: [a.address] });
     const removed = await waitFor(sd, 'room', (e) => e.room?.id === room.id, undefined, { since: before });
     assert.ok(!removed.room.members.includes(d.address), `room event after removal still lists D: ${JSON.stringify(removed)}`);
+    await waitFor(sa, 'room', (e) => e.room?.id === room.id && !e.room.members.includes(d.address));
 
     // A message in the room after the removal must not reach D. Barrier: A's own socket has
     // received it (so it was fanned out), then a message in the shared side room reaches D.
@@ -199,6 +224,28 @@ describe('membership changes', () => {
     // Outsiders can neither add nor remove.
     res = await api.post(ctx.url, `${roomPath(room.id)}/members`, { token: c.token, json: { address: c.address } });
     assertError(res, 403, 'not_member', 'outsider adds themselves');
+  });
+
+  it('adding an existing member is idempotent (200, unchanged, no event); removing a non-member is 400', async () => {
+    const a = await newUser(ctx.url);
+    const b = await newUser(ctx.url);
+    const room = await createRoom(ctx.url, a.token, 'idempotent', [b.address]);
+    const side = await createRoom(ctx.url, a.token, 'idempotent-side', [b.address]);
+    const sb = await connect(ctx.url, b.token);
+    const sa = await connect(ctx.url, a.token);
+    const before = mark(sb);
+    const res = await api.post(ctx.url, `${roomPath(room.id)}/members`, { token: a.token, json: { address: b.address.toLowerCase() } });
+    assert.equal(res.status, 200, show(res));
+    assertRoom(res.json, { id: room.id, members: [a.address, b.address] });
+    // Barrier: a later message in another room reaches B.
+    const m = await sendOk(sa, side.id, 'barrier');
+    await waitFor(sb, 'message', (x) => x.id === m.id);
+    assert.deepEqual(events(sb, 'room', () => true, before), [], 'a no-op add sent a room event');
+
+    const never = newWallet().address;
+    assertError(await api.delete(ctx.url, `${roomPath(room.id)}/members/${never}`, { token: a.token }), 400, 'invalid_request', 'remove a non-member');
+    sa.close();
+    sb.close();
   });
 
   it('member endpoints refuse bad input', async () => {

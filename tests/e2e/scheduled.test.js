@@ -62,6 +62,53 @@ describe('scheduled messages', () => {
     sb.close();
   });
 
+  it('idempotence spans both states: a resend while pending returns the scheduled entry, after delivery the message (same id)', async () => {
+    const a = await newUser(ctx.url);
+    const room = await createRoom(ctx.url, a.token, 'idem-later', []);
+    const sa = await connect(ctx.url, a.token);
+    const id = cmid();
+    const first = await send(sa, room.id, 'once, later', { client_msg_id: id, deliver_at: inMs(2000) });
+    assert.equal(first.ok, true, JSON.stringify(first));
+    const pending = await send(sa, room.id, 'once, later', { client_msg_id: id, deliver_at: inMs(60_000) });
+    assert.deepEqual(pending, first, 'resend while pending (deliver_at is not compared)');
+    let res = await api.post(ctx.url, `/api/v1/rooms/${room.id}/messages`, { token: a.token, json: { body: 'once, later', client_msg_id: id } });
+    assert.equal(res.status, 202, `REST resend while pending: ${show(res)}`);
+    assert.deepEqual(res.json.scheduled, first.scheduled);
+    const conflict = await send(sa, room.id, 'other text', { client_msg_id: id, deliver_at: inMs(2000) });
+    assert.equal(conflict.ok, false, JSON.stringify(conflict));
+    assert.equal(conflict.error.code, 'idempotency_conflict');
+
+    const delivered = await waitFor(sa, 'message', (m) => m.client_msg_id === id, DUE_BOUND_MS);
+    assert.equal(delivered.id, first.scheduled.id, 'the delivered message keeps the scheduled entry\'s id');
+    const after = await send(sa, room.id, 'once, later', { client_msg_id: id, deliver_at: inMs(2000) });
+    assert.deepEqual(after, { ok: true, message: delivered });
+    res = await api.post(ctx.url, `/api/v1/rooms/${room.id}/messages`, { token: a.token, json: { body: 'once, later', client_msg_id: id } });
+    assert.equal(res.status, 200, show(res));
+    assert.deepEqual(res.json, delivered);
+    const hist = await history(ctx.url, a.token, room.id);
+    assert.deepEqual(hist.map((m) => m.id), [delivered.id]);
+    sa.close();
+  });
+
+  it('deliver_at in the past sends at once; beyond 30 days ahead → invalid_request', async () => {
+    const a = await newUser(ctx.url);
+    const room = await createRoom(ctx.url, a.token, 'edges', []);
+    const sa = await connect(ctx.url, a.token);
+    const past = await send(sa, room.id, 'already due', { deliver_at: inMs(-60_000) });
+    assert.equal(past.ok, true, JSON.stringify(past));
+    assertMessage(past.message, { seq: 1, body: 'already due' });
+    const res = await api.post(ctx.url, `/api/v1/rooms/${room.id}/messages`, {
+      token: a.token,
+      json: { body: 'also due', client_msg_id: cmid(), deliver_at: '2000-01-01T00:00:00+02:00' },
+    });
+    assert.equal(res.status, 201, show(res));
+    assert.equal(res.json.seq, 2);
+    const far = await send(sa, room.id, 'too late', { deliver_at: inMs(31 * 24 * 3600 * 1000) });
+    assert.equal(far.ok, false, JSON.stringify(far));
+    assert.equal(far.error.code, 'invalid_request', JSON.stringify(far));
+    sa.close();
+  });
+
   it('REST: deliver_at → 202 {"scheduled": {...}}, then delivered', async () => {
     const a = await newUser(ctx.url);
     const room = await createRoom(ctx.url, a.token, 'rest-later', []);

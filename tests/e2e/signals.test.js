@@ -39,7 +39,7 @@ describe('typing', () => {
     for (const s of [a1, a2, b1, o1]) s.close();
   });
 
-  it('the sender\'s other tab is another socket in the room: it gets the typing event too', async () => {
+  it('typing is not sent to any of the typing user\'s own sockets (docs §4.6), only to other members', async () => {
     const a = await newUser(ctx.url);
     const b = await newUser(ctx.url);
     const room = await createRoom(ctx.url, a.token, 'typing-tabs', [b.address]);
@@ -48,11 +48,10 @@ describe('typing', () => {
     const b1 = await connect(ctx.url, b.token);
     assert.deepEqual(await emitAck(a1, 'typing', { room_id: room.id, active: true }), { ok: true });
     await waitFor(b1, 'typing', (t) => t.address === a.address);
-    assert.deepEqual(
-      await waitFor(a2, 'typing', (t) => t.address === a.address, 3_000).catch(() => null),
-      { room_id: room.id, address: a.address, active: true },
-      'contract: "other sockets in the room receive typing (the sending socket does not)"; the same user\'s second socket did not get it',
-    );
+    // Barrier: a message from a1 reaches a2 after any typing event would have.
+    const m = await sendOk(a1, room.id, 'barrier');
+    await waitFor(a2, 'message', (x) => x.id === m.id);
+    assert.deepEqual(events(a2, 'typing'), [], 'the typing user\'s other tab got its own typing event');
     for (const s of [a1, a2, b1]) s.close();
   });
 
@@ -103,6 +102,10 @@ describe('read receipts', () => {
     assert.deepEqual(await emitAck(sb2, 'read', { room_id: room.id, seq: 4 }), { ok: true, seq: 5 });
     assert.deepEqual(await emitAck(sa, 'read', { room_id: room.id, seq: 2 }), { ok: true, seq: 2 }, 'A has its own marker');
     assert.deepEqual(await waitFor(sb2, 'read', (r) => r.address === a.address), { room_id: room.id, address: a.address, seq: 2 });
+    // The reader's own sockets get the event too (docs §4.6); it also serves as a barrier for sa.
+    await waitFor(sa, 'read', (r) => r.address === a.address);
+    // Docs §4.5: a seq equal to or above the marker broadcasts, a lower one (or an error) does not.
+    assert.deepEqual(events(sa, 'read', (r) => r.address === b.address).map((r) => r.seq), [3, 3, 5], 'read events seen by A for B');
     sa.close();
     sb2.close();
   });

@@ -110,6 +110,25 @@ describe('sync', () => {
     sa.close();
   });
 
+  it('cursors are optional, negative cursors count as 0, unknown top-level fields are ignored (docs §4.5)', async () => {
+    const a = await newUser(ctx.url);
+    const r = await createRoom(ctx.url, a.token, 'opt', []);
+    for (let i = 0; i < 3; i++) await restSend(ctx.url, a.token, r.id, `o${i}`);
+    const sa = await connect(ctx.url, a.token);
+    let ack = await emitAck(sa, 'sync', {});
+    assert.equal(ack.ok, true, JSON.stringify(ack));
+    assert.deepEqual(ack.messages.map((m) => m.seq), [1, 2, 3], 'no cursors = from the beginning');
+    ack = await emitAck(sa, 'sync', { cursors: { [r.id]: -7 } });
+    assert.deepEqual(ack.messages.map((m) => m.seq), [1, 2, 3], 'negative cursor = 0');
+    ack = await emitAck(sa, 'sync', { cursors: { [r.id]: 1 }, since: 'yesterday' });
+    assert.equal(ack.ok, true, JSON.stringify(ack));
+    assert.deepEqual(ack.messages.map((m) => m.seq), [2, 3]);
+    ack = await emitAck(sa, 'sync', { cursors: { [r.id]: 99 } });
+    assert.deepEqual(ack.messages, [], 'a cursor beyond last_seq returns nothing');
+    assert.equal(ack.has_more, false);
+    sa.close();
+  });
+
   it('sync only covers the user\'s own rooms', async () => {
     const a = await newUser(ctx.url);
     const b = await newUser(ctx.url);

@@ -49,6 +49,23 @@ describe('me', () => {
     assert.equal(res.json.display_name, null);
   });
 
+  it('PATCH trims; "", whitespace and {} clear; control characters are refused (docs §3.4)', async () => {
+    const u = await newUser(ctx.url);
+    const patch = (json) => api.patch(ctx.url, '/api/v1/me', { token: u.token, json });
+    let res = await patch({ display_name: '  Alice  ' });
+    assert.equal(res.status, 200, show(res));
+    assert.equal(res.json.display_name, 'Alice');
+    for (const clear of [{ display_name: '' }, { display_name: '   ' }, {}]) {
+      await patch({ display_name: 'set' });
+      res = await patch(clear);
+      assert.equal(res.status, 200, `${JSON.stringify(clear)}: ${show(res)}`);
+      assert.equal(res.json.display_name, null, `${JSON.stringify(clear)} must clear the name`);
+    }
+    for (const bad of ['tab\there', 'nul\u0000', 'esc\u001b[31m']) {
+      assertError(await patch({ display_name: bad }), 400, 'invalid_request', JSON.stringify(bad));
+    }
+  });
+
   it('PATCH with a wrongly typed display_name → 400 invalid_request', async () => {
     const u = await newUser(ctx.url);
     for (const v of [42, true, ['a'], { a: 1 }]) {
