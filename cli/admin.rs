@@ -347,10 +347,7 @@ async fn dispatch(admin: &AdminService, config: &coolchat::config::Config, cmd: 
             );
         }
         AdminCommand::Audit { target, limit } => {
-            let target = match target {
-                Some(t) => Some(t.parse::<Address>().map(|a| a.to_checksum()).unwrap_or(t)),
-                None => None,
-            };
+            let target = target.map(|t| t.parse::<Address>().map(|a| a.to_checksum()).unwrap_or(t));
             let entries = admin.audit_log(target, limit).await?;
             if out.json {
                 return out.json(&entries);

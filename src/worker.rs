@@ -66,8 +66,8 @@ pub async fn run_scheduler(store: Arc<dyn Store>, queue: Arc<dyn SendQueue>, int
         for entry in due {
             match queue.submit(SendJob::DeliverScheduled { id: entry.id.clone() }).await {
                 Ok(_) => {}
-                Err(Error::NotMember) | Err(Error::RoomNotFound) => {
-                    tracing::info!(id = %entry.id, sender = %entry.sender, "scheduled message dropped: sender left the room");
+                Err(e @ (Error::NotMember | Error::RoomNotFound | Error::Banned { .. } | Error::IdempotencyConflict)) => {
+                    tracing::info!(id = %entry.id, sender = %entry.sender, reason = e.code(), "scheduled message dropped");
                 }
                 Err(e) => tracing::warn!(id = %entry.id, error = %e, "scheduled delivery failed; will retry"),
             }

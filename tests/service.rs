@@ -134,8 +134,46 @@ async fn a_message_for_another_domain_is_refused_without_burning_the_nonce() {
         code(node.svc.sign_in(&wrong_uri, &sign(&key, &wrong_uri)).await),
         "siwe_uri_mismatch"
     );
+    let other_chain =
+        siwe_text(DOMAIN, ORIGIN, address_of(&key), &grant.nonce, now).replace("Chain ID: 1", "Chain ID: 5");
+    assert_eq!(
+        code(node.svc.sign_in(&other_chain, &sign(&key, &other_chain)).await),
+        "siwe_chain_not_allowed"
+    );
+    let stale = siwe_text(
+        DOMAIN,
+        ORIGIN,
+        address_of(&key),
+        &grant.nonce,
+        now - Duration::from_secs(3600),
+    );
+    assert_eq!(
+        code(node.svc.sign_in(&stale, &sign(&key, &stale)).await),
+        "siwe_issued_at_skew"
+    );
+    assert_eq!(
+        code(node.svc.sign_in("not a SIWE message", &sign(&key, &stale)).await),
+        "siwe_malformed"
+    );
     let right = siwe_text(DOMAIN, ORIGIN, address_of(&key), &grant.nonce, now);
     node.svc.sign_in(&right, &sign(&key, &right)).await.unwrap();
+}
+
+#[tokio::test]
+async fn nonces_are_rate_limited_per_client() {
+    let node = node_with(|c| c.auth.nonce_requests_per_minute = 3).await;
+    for _ in 0..3 {
+        node.svc.issue_nonce("10.0.0.1").await.unwrap();
+    }
+    let err = node.svc.issue_nonce("10.0.0.1").await.unwrap_err();
+    assert_eq!(err.code(), "rate_limited");
+    assert!(err.retry_after_secs().unwrap() >= 1);
+    // Another client is not affected, and nonces are all different.
+    let a = node.svc.issue_nonce("10.0.0.2").await.unwrap();
+    let b = node.svc.issue_nonce("10.0.0.2").await.unwrap();
+    assert_ne!(a.nonce, b.nonce);
+    assert!(a.nonce.len() >= 16 && a.nonce.chars().all(|c| c.is_ascii_alphanumeric()));
+    assert_eq!(a.chain_id, 1);
 }
 
 #[tokio::test]
@@ -222,6 +260,30 @@ async fn a_signed_message_replayed_concurrently_signs_in_once() {
         }
     }
     assert_eq!(ok, 1);
+}
+
+#[tokio::test]
+async fn display_names_are_trimmed_bounded_and_printable() {
+    let node = node_with(|c| c.limits.max_display_name_chars = 5).await;
+    let a = user(&node.svc).await;
+    let set = |name: Option<&str>| node.svc.set_display_name(&a.id, name.map(String::from));
+    assert_eq!(
+        set(Some("  Ada ")).await.unwrap().user.display_name.as_deref(),
+        Some("Ada")
+    );
+    // Characters, not bytes.
+    assert_eq!(
+        set(Some("ÉÉÉÉÉ")).await.unwrap().user.display_name.as_deref(),
+        Some("ÉÉÉÉÉ")
+    );
+    assert_eq!(code(set(Some("abcdef")).await), "invalid_request");
+    assert_eq!(code(set(Some("a\nb")).await), "invalid_request");
+    // Blank clears it.
+    assert_eq!(set(Some("   ")).await.unwrap().user.display_name, None);
+    set(Some("Bob")).await.unwrap();
+    assert_eq!(set(None).await.unwrap().user.display_name, None);
+    assert_eq!(node.svc.user(a.address).await.unwrap().user.display_name, None);
+    assert_eq!(code(node.svc.user(address_of(&random_key())).await), "user_not_found");
 }
 
 // --- rooms -------------------------------------------------------------------------------------
@@ -1402,6 +1464,9 @@ async fn a_restart_keeps_history_and_sessions() {
         .unwrap();
     node.svc.logout(&b.id).await.unwrap();
     node.backends.store.close().await.unwrap();
+    let ready = node.svc.readiness().await;
+    assert_eq!(ready[0].0, "storage");
+    assert_eq!(ready[0].1.as_ref().map_err(|e| e.code()), Err("shutting_down"));
     // The closed store refuses writes.
     assert_eq!(
         code(node.svc.send(&a.id, req(&room.id, "lost", "c6")).await),
@@ -1410,6 +1475,7 @@ async fn a_restart_keeps_history_and_sessions() {
 
     let backends = coolchat::backends::open(&node.cfg).await.unwrap();
     let svc = ChatService::new(backends.clone(), node.cfg.clone(), origin());
+    assert!(svc.readiness().await.iter().all(|(_, r)| r.is_ok()));
     let who = svc.authenticate(Some(&a.token)).await.unwrap();
     assert_eq!(who, a.id);
     assert_eq!(code(svc.authenticate(Some(&b.token)).await), "token_revoked");

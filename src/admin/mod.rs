@@ -259,7 +259,8 @@ impl AdminService {
         self.store.get_room(room_id).await?.ok_or(Error::RoomNotFound)
     }
 
-    /// Removes a member from a room (DMs included: an operator may), telling live clients.
+    /// Removes a member from a group room, telling live clients. DM rooms are refused
+    /// (`forbidden`): a DM is defined by its pair; to cut a user off, ban them.
     pub async fn remove_member(&self, room_id: &str, address: Address) -> Result<Room> {
         let (room, was_member) = self.store.remove_member(room_id, address).await?;
         if !was_member {

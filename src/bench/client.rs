@@ -460,6 +460,12 @@ pub async fn run(ctx: Arc<RunCtx>, plan: ClientPlan, mut ws: Ws, mut next_ack: u
     }
     stats.c.connected.fetch_sub(1, Ordering::Relaxed);
     if !hung_up_by_node {
-        let _ = tokio::time::timeout(Duration::from_secs(2), ws.close(None)).await;
+        // Close, then read until the node closes the TCP connection: the side that closes
+        // first keeps TIME_WAIT, and the bench's ephemeral ports are the scarcer ones.
+        let _ = tokio::time::timeout(Duration::from_secs(2), async {
+            let _ = ws.close(None).await;
+            while let Some(Ok(_)) = ws.next().await {}
+        })
+        .await;
     }
 }

@@ -443,6 +443,14 @@ mod tests {
     }
 
     #[test]
+    fn every_figure_is_documented() {
+        let doc = include_str!("../../docs/BENCH.md");
+        for (name, _) in FIGURES {
+            assert!(doc.contains(&format!("`{name}`")), "docs/BENCH.md does not describe `{name}`");
+        }
+    }
+
+    #[test]
     fn ratios_and_comparison() {
         assert_eq!(ratio(2.0, 4.0), "0.500");
         assert_eq!(ratio(0.0, 0.0), "=");

@@ -105,7 +105,7 @@ pub async fn execute(cfg: &BenchConfig, mon: Arc<Monitor>) -> Result<(Arc<RunCtx
     let monitor_task = tokio::spawn(monitor::run(ctx.clone(), mon.clone()));
 
     let result = phases(cfg, &ctx, &mon, plan, &mut data).await;
-    let _ = ctx.phase.send(Phase::Closing);
+    let _ = ctx.phase.send_replace(Phase::Closing);
     monitor_task.abort();
     let _ = monitor_task.await;
     data.samples = std::mem::take(&mut *mon.samples.lock());
@@ -192,7 +192,7 @@ async fn phases(
     }
 
     mon.set_phase("close", None);
-    let _ = ctx.phase.send(Phase::Closing);
+    let _ = ctx.phase.send_replace(Phase::Closing);
     let deadline = Instant::now() + Duration::from_secs(10);
     let handles = match spawner {
         Some(s) => s.await.unwrap_or_default(),
@@ -222,7 +222,7 @@ async fn run_phase(
     mon.set_phase(if cfg.scenario == Scenario::Idle { "hold" } else { "run" }, None);
     let before = snap();
     let t0 = Instant::now();
-    let _ = ctx.phase.send(Phase::Running);
+    let _ = ctx.phase.send_replace(Phase::Running);
     let mut reader_tasks = Vec::new();
     if let Some(rate) = history_rate
         && !readers.is_empty()
@@ -244,7 +244,7 @@ async fn run_phase(
     if hold {
         tokio::time::sleep(cfg.duration()).await;
     }
-    let _ = ctx.phase.send(Phase::Draining);
+    let _ = ctx.phase.send_replace(Phase::Draining);
     data.run_wall_s = t0.elapsed().as_secs_f64();
     let after = snap();
     data.run_sent = after.0 - before.0;

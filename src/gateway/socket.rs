@@ -137,12 +137,16 @@ pub fn force_disconnect(s: SocketRef) {
     });
 }
 
-/// The caller of an event, unless the socket's session has ended.
-fn caller(s: &SocketRef) -> Result<Identity, Error> {
+/// The caller of an event, re-checked against the store: the bus may drop a revocation, the
+/// store never does, so a revoked, expired or banned session can do nothing on a socket that is
+/// still open.
+async fn caller(s: &SocketRef, svc: &ChatService) -> Result<Identity, Error> {
     if s.extensions.get::<SessionEnded>().is_some() {
         return Err(Error::TokenRevoked);
     }
-    s.extensions.get::<Identity>().ok_or(Error::InvalidToken)
+    let who = s.extensions.get::<Identity>().ok_or(Error::InvalidToken)?;
+    svc.recheck(&who).await?;
+    Ok(who)
 }
 
 /// `{"ok": false, "error": {...}}`
@@ -195,14 +199,11 @@ fn register_events(s: &SocketRef, svc: &ChatService) {
         let svc = svc1.clone();
         async move {
             let result = async {
-                let who = caller(&s)?;
+                let who = caller(&s, &svc).await?;
                 let req: SendRequest = parse(data)?;
                 if req.room_id.is_empty() {
                     return Err(Error::InvalidRequest("room_id is required".into()));
                 }
-                // The bus may drop a revocation; the store never does. A revoked, expired or
-                // banned session cannot send even on a socket that is still open.
-                svc.recheck(&who).await?;
                 svc.send(&who, req).await
             }
             .await;
@@ -222,7 +223,7 @@ fn register_events(s: &SocketRef, svc: &ChatService) {
         let svc = svc2.clone();
         async move {
             let result = async {
-                let who = caller(&s)?;
+                let who = caller(&s, &svc).await?;
                 let req: SyncEvent = parse(data)?;
                 svc.sync(&who, &req.cursors).await
             }
@@ -242,7 +243,7 @@ fn register_events(s: &SocketRef, svc: &ChatService) {
         let svc = svc3.clone();
         async move {
             let result = async {
-                let who = caller(&s)?;
+                let who = caller(&s, &svc).await?;
                 let req: TypingEvent = parse(data)?;
                 svc.typing(&who, &req.room_id, req.active).await
             }
@@ -259,7 +260,7 @@ fn register_events(s: &SocketRef, svc: &ChatService) {
         let svc = svc4.clone();
         async move {
             let result = async {
-                let who = caller(&s)?;
+                let who = caller(&s, &svc).await?;
                 let req: ReadEvent = parse(data)?;
                 svc.read(&who, &req.room_id, req.seq).await
             }

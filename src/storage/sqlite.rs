@@ -1051,6 +1051,18 @@ fn deliver_tx(conn: &Connection, id: &str, now: OffsetDateTime) -> Result<Result
         .db()?
         .execute([id])
         .db()?;
+    // A ban stops scheduled sends too: the entry is dropped, never delivered.
+    let banned_until: Option<Option<i64>> = conn
+        .prepare_cached("SELECT until_ms FROM bans WHERE address = ?1")
+        .db()?
+        .query_row([entry.sender.to_lower_hex()], |r| r.get(0))
+        .optional()
+        .db()?;
+    if let Some(until) = banned_until
+        && until.is_none_or(|u| u > model::to_unix_ms(now))
+    {
+        return Ok(Err(Error::Banned { until: until.map(|u| model::fmt_time(model::from_unix_ms(u))) }));
+    }
     let message = NewMessage {
         id: entry.id,
         room_id: entry.room_id,
