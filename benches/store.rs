@@ -16,7 +16,10 @@ use std::time::{Duration, Instant};
 const CONCURRENCY: u64 = 1000;
 
 fn append_throughput(c: &mut Criterion) {
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("runtime");
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
     let mut group = c.benchmark_group("sqlite_append");
     group.throughput(Throughput::Elements(CONCURRENCY));
     group.sample_size(10);
@@ -24,14 +27,30 @@ fn append_throughput(c: &mut Criterion) {
     for (label, full) in [("synchronous_full", true), ("synchronous_normal", false)] {
         let dir = tempfile::tempdir().expect("tempdir");
         let store = Arc::new(
-            SqliteStore::open(&dir.path().join("bench.db"), SqliteOptions { batch_max: 512, readers: 2, synchronous_full: full })
-                .expect("open"),
+            SqliteStore::open(
+                &dir.path().join("bench.db"),
+                SqliteOptions {
+                    batch_max: 512,
+                    readers: 2,
+                    synchronous_full: full,
+                },
+            )
+            .expect("open"),
         );
         let sender = Address::from_bytes([7; 20]);
         let room = rt
             .block_on(store.create_room(
-                NewRoom { id: "bench".into(), name: Some("bench".into()), created_by: sender, members: vec![sender], created_at: model::now_ms() },
-                MembershipLimits { max_room_members: 10, max_rooms_per_user: 10 },
+                NewRoom {
+                    id: "bench".into(),
+                    name: Some("bench".into()),
+                    created_by: sender,
+                    members: vec![sender],
+                    created_at: model::now_ms(),
+                },
+                MembershipLimits {
+                    max_room_members: 10,
+                    max_rooms_per_user: 10,
+                },
             ))
             .expect("room");
         let counter = std::sync::atomic::AtomicU64::new(0);

@@ -33,7 +33,9 @@ pub struct AdminArgs {
 #[derive(Subcommand, Debug)]
 enum AdminCommand {
     /// Ban an address: refuse sign-in and sends, revoke every session, end live sockets on every node.
-    #[command(after_help = "Examples:\n  coolchat admin ban 0xAb5801a7D398351b8bE11C439e05C5B3259aeC9B --reason spam --for 7d\n  coolchat admin ban 0xab58…ec9b --until 2027-01-01T00:00:00Z --purge-messages")]
+    #[command(
+        after_help = "Examples:\n  coolchat admin ban 0xAb5801a7D398351b8bE11C439e05C5B3259aeC9B --reason spam --for 7d\n  coolchat admin ban 0xab58…ec9b --until 2027-01-01T00:00:00Z --purge-messages"
+    )]
     Ban {
         address: String,
         /// Why (shown in the audit log).
@@ -79,14 +81,18 @@ enum AdminCommand {
     #[command(after_help = "Examples:\n  coolchat admin stats\n  coolchat admin stats --json")]
     Stats,
     /// Everything stored about an address, as JSON (data-request tool).
-    #[command(after_help = "Examples:\n  coolchat admin export 0xAb58… > export.json\n  coolchat admin export 0xAb58… --output export.json")]
+    #[command(
+        after_help = "Examples:\n  coolchat admin export 0xAb58… > export.json\n  coolchat admin export 0xAb58… --output export.json"
+    )]
     Export {
         address: String,
         #[arg(long, short = 'o', value_name = "FILE")]
         output: Option<std::path::PathBuf>,
     },
     /// Erase a user: messages tombstoned, memberships, sessions, scheduled messages and profile removed.
-    #[command(after_help = "Examples:\n  coolchat admin delete-user 0xAb58…          (asks for confirmation)\n  coolchat admin delete-user 0xAb58… --yes")]
+    #[command(
+        after_help = "Examples:\n  coolchat admin delete-user 0xAb58…          (asks for confirmation)\n  coolchat admin delete-user 0xAb58… --yes"
+    )]
     DeleteUser {
         address: String,
         /// Do not ask for confirmation.
@@ -165,8 +171,12 @@ fn parse_until(until: Option<&str>, for_: Option<&str>) -> Result<Option<OffsetD
 }
 
 fn default_actor() -> String {
-    let user = std::env::var("USER").or_else(|_| std::env::var("LOGNAME")).unwrap_or_else(|_| "unknown".into());
-    let host = std::fs::read_to_string("/etc/hostname").map(|h| h.trim().to_string()).unwrap_or_else(|_| "localhost".into());
+    let user = std::env::var("USER")
+        .or_else(|_| std::env::var("LOGNAME"))
+        .unwrap_or_else(|_| "unknown".into());
+    let host = std::fs::read_to_string("/etc/hostname")
+        .map(|h| h.trim().to_string())
+        .unwrap_or_else(|_| "localhost".into());
     format!("admin:{user}@{host}")
 }
 
@@ -182,7 +192,11 @@ pub async fn run(args: AdminArgs) -> Result<ExitCode> {
     } else {
         Notifier::Bus(backends.bus.clone())
     };
-    let admin = AdminService::new(backends.store.clone(), notifier, args.actor.clone().unwrap_or_else(default_actor));
+    let admin = AdminService::new(
+        backends.store.clone(),
+        notifier,
+        args.actor.clone().unwrap_or_else(default_actor),
+    );
     let out = Output { json: args.json };
     let result = dispatch(&admin, &config, args.command, &out).await;
     backends.store.close().await?;
@@ -248,7 +262,11 @@ impl Output {
             }
         }
         let line = |cells: Vec<String>| {
-            let padded: Vec<String> = cells.iter().enumerate().map(|(i, c)| format!("{:<w$}", c, w = widths[i])).collect();
+            let padded: Vec<String> = cells
+                .iter()
+                .enumerate()
+                .map(|(i, c)| format!("{:<w$}", c, w = widths[i]))
+                .collect();
             println!("{}", padded.join("  ").trim_end());
         };
         line(headers.iter().map(|h| h.to_uppercase()).collect());
@@ -285,9 +303,20 @@ fn time_or_dash(t: Option<OffsetDateTime>) -> String {
     t.map(model::fmt_time).unwrap_or_else(|| "-".into())
 }
 
-async fn dispatch(admin: &AdminService, config: &coolchat::config::Config, cmd: AdminCommand, out: &Output) -> Result<(), Failure> {
+async fn dispatch(
+    admin: &AdminService,
+    config: &coolchat::config::Config,
+    cmd: AdminCommand,
+    out: &Output,
+) -> Result<(), Failure> {
     match cmd {
-        AdminCommand::Ban { address: a, reason, until, for_, purge_messages } => {
+        AdminCommand::Ban {
+            address: a,
+            reason,
+            until,
+            for_,
+            purge_messages,
+        } => {
             let a = address(&a)?;
             let until = parse_until(until.as_deref(), for_.as_deref())?;
             let bar = out.progress("purging messages");
@@ -300,9 +329,20 @@ async fn dispatch(admin: &AdminService, config: &coolchat::config::Config, cmd: 
             if out.json {
                 out.json(&report)?;
             } else {
-                println!("banned {} until {}", a, report.ban.until.map(model::fmt_time).unwrap_or_else(|| "further notice".into()));
+                println!(
+                    "banned {} until {}",
+                    a,
+                    report
+                        .ban
+                        .until
+                        .map(model::fmt_time)
+                        .unwrap_or_else(|| "further notice".into())
+                );
                 println!("  sessions revoked: {}", report.sessions_revoked);
-                println!("  live sockets told: {}", if report.sockets_notified { "yes" } else { "NO" });
+                println!(
+                    "  live sockets told: {}",
+                    if report.sockets_notified { "yes" } else { "NO" }
+                );
                 if purge_messages {
                     println!("  messages tombstoned: {}", report.messages_tombstoned);
                 }
@@ -311,7 +351,10 @@ async fn dispatch(admin: &AdminService, config: &coolchat::config::Config, cmd: 
                 for e in &report.errors {
                     eprintln!("error: {e}");
                 }
-                return Err(Failure::Error(anyhow::anyhow!("the ban is in force, but {} step(s) failed (see above)", report.errors.len())));
+                return Err(Failure::Error(anyhow::anyhow!(
+                    "the ban is in force, but {} step(s) failed (see above)",
+                    report.errors.len()
+                )));
             }
         }
         AdminCommand::Unban { address: a } => {
@@ -354,7 +397,18 @@ async fn dispatch(admin: &AdminService, config: &coolchat::config::Config, cmd: 
             }
             out.table(
                 &["at", "actor", "action", "target", "detail"],
-                entries.iter().map(|e| vec![model::fmt_time(e.at), e.actor.clone(), e.action.clone(), e.target.clone(), e.detail.to_string()]).collect(),
+                entries
+                    .iter()
+                    .map(|e| {
+                        vec![
+                            model::fmt_time(e.at),
+                            e.actor.clone(),
+                            e.action.clone(),
+                            e.target.clone(),
+                            e.detail.to_string(),
+                        ]
+                    })
+                    .collect(),
             );
         }
         AdminCommand::Users(UsersCommand::List { limit, after }) => {
@@ -365,7 +419,17 @@ async fn dispatch(admin: &AdminService, config: &coolchat::config::Config, cmd: 
             }
             out.table(
                 &["address", "display name", "created", "last seen"],
-                users.iter().map(|u| vec![u.address.to_checksum(), u.display_name.clone().unwrap_or_default(), model::fmt_time(u.created_at), time_or_dash(u.last_seen_at)]).collect(),
+                users
+                    .iter()
+                    .map(|u| {
+                        vec![
+                            u.address.to_checksum(),
+                            u.display_name.clone().unwrap_or_default(),
+                            model::fmt_time(u.created_at),
+                            time_or_dash(u.last_seen_at),
+                        ]
+                    })
+                    .collect(),
             );
         }
         AdminCommand::Users(UsersCommand::Show { address: a }) => {
@@ -376,8 +440,25 @@ async fn dispatch(admin: &AdminService, config: &coolchat::config::Config, cmd: 
             }
             out.fields(vec![
                 ("address", r.user.address.to_checksum()),
-                ("display name", r.user.display_name.clone().unwrap_or_else(|| "-".into())),
-                ("status", if r.banned { format!("BANNED until {}", r.ban.as_ref().and_then(|b| b.until).map(model::fmt_time).unwrap_or_else(|| "further notice".into())) } else { "active".into() }),
+                (
+                    "display name",
+                    r.user.display_name.clone().unwrap_or_else(|| "-".into()),
+                ),
+                (
+                    "status",
+                    if r.banned {
+                        format!(
+                            "BANNED until {}",
+                            r.ban
+                                .as_ref()
+                                .and_then(|b| b.until)
+                                .map(model::fmt_time)
+                                .unwrap_or_else(|| "further notice".into())
+                        )
+                    } else {
+                        "active".into()
+                    },
+                ),
                 ("created", model::fmt_time(r.user.created_at)),
                 ("last seen", time_or_dash(r.user.last_seen_at)),
                 ("messages", r.messages.to_string()),
@@ -385,11 +466,36 @@ async fn dispatch(admin: &AdminService, config: &coolchat::config::Config, cmd: 
                 ("rooms", r.rooms.len().to_string()),
             ]);
             println!();
-            out.table(&["room", "kind", "name", "members", "last seq"], r.rooms.iter().map(|m| vec![m.id.clone(), m.kind.clone(), m.name.clone().unwrap_or_default(), m.members.to_string(), m.last_seq.to_string()]).collect());
+            out.table(
+                &["room", "kind", "name", "members", "last seq"],
+                r.rooms
+                    .iter()
+                    .map(|m| {
+                        vec![
+                            m.id.clone(),
+                            m.kind.clone(),
+                            m.name.clone().unwrap_or_default(),
+                            m.members.to_string(),
+                            m.last_seq.to_string(),
+                        ]
+                    })
+                    .collect(),
+            );
             println!();
             out.table(
                 &["session", "created", "expires", "revoked", "live"],
-                r.sessions.iter().map(|s| vec![s.id.clone(), model::fmt_time(s.created_at), model::fmt_time(s.expires_at), time_or_dash(s.revoked_at), if s.live { "yes" } else { "no" }.into()]).collect(),
+                r.sessions
+                    .iter()
+                    .map(|s| {
+                        vec![
+                            s.id.clone(),
+                            model::fmt_time(s.created_at),
+                            model::fmt_time(s.expires_at),
+                            time_or_dash(s.revoked_at),
+                            if s.live { "yes" } else { "no" }.into(),
+                        ]
+                    })
+                    .collect(),
             );
         }
         AdminCommand::Rooms(RoomsCommand::List { limit, after }) => {
@@ -399,7 +505,19 @@ async fn dispatch(admin: &AdminService, config: &coolchat::config::Config, cmd: 
             }
             out.table(
                 &["id", "kind", "name", "members", "last seq", "created"],
-                rooms.iter().map(|r| vec![r.id.clone(), r.kind.as_str().into(), r.name.clone().unwrap_or_default(), r.members.len().to_string(), r.last_seq.to_string(), model::fmt_time(r.created_at)]).collect(),
+                rooms
+                    .iter()
+                    .map(|r| {
+                        vec![
+                            r.id.clone(),
+                            r.kind.as_str().into(),
+                            r.name.clone().unwrap_or_default(),
+                            r.members.len().to_string(),
+                            r.last_seq.to_string(),
+                            model::fmt_time(r.created_at),
+                        ]
+                    })
+                    .collect(),
             );
         }
         AdminCommand::Rooms(RoomsCommand::Show { id }) => {
@@ -457,10 +575,31 @@ async fn dispatch(admin: &AdminService, config: &coolchat::config::Config, cmd: 
                 ("scheduled", stats.scheduled.to_string()),
                 ("active sessions", stats.active_sessions.to_string()),
                 ("bans", stats.bans.to_string()),
-                ("storage size", format!("{:.1} MiB", stats.bytes_on_disk as f64 / 1_048_576.0)),
-                ("online users", live.as_ref().and_then(|l| l.get("online_users")).map(|v| v.to_string()).unwrap_or_else(|| "- (no node answering)".into())),
-                ("queue depth", live.as_ref().and_then(|l| l.get("queue_depth")).map(|v| v.to_string()).unwrap_or_else(|| "-".into())),
-                ("sockets", live.as_ref().and_then(|l| l.get("sockets")).map(|v| v.to_string()).unwrap_or_else(|| "-".into())),
+                (
+                    "storage size",
+                    format!("{:.1} MiB", stats.bytes_on_disk as f64 / 1_048_576.0),
+                ),
+                (
+                    "online users",
+                    live.as_ref()
+                        .and_then(|l| l.get("online_users"))
+                        .map(|v| v.to_string())
+                        .unwrap_or_else(|| "- (no node answering)".into()),
+                ),
+                (
+                    "queue depth",
+                    live.as_ref()
+                        .and_then(|l| l.get("queue_depth"))
+                        .map(|v| v.to_string())
+                        .unwrap_or_else(|| "-".into()),
+                ),
+                (
+                    "sockets",
+                    live.as_ref()
+                        .and_then(|l| l.get("sockets"))
+                        .map(|v| v.to_string())
+                        .unwrap_or_else(|| "-".into()),
+                ),
             ]);
         }
         AdminCommand::Export { address: a, output } => {
@@ -475,8 +614,13 @@ async fn dispatch(admin: &AdminService, config: &coolchat::config::Config, cmd: 
             let text = serde_json::to_string_pretty(&export).map_err(|e| Failure::Error(e.into()))?;
             match output {
                 Some(path) => {
-                    std::fs::write(&path, text).map_err(|e| Failure::Error(anyhow::anyhow!("writing {}: {e}", path.display())))?;
-                    eprintln!("exported {} messages of {a} to {}", export.messages.len(), path.display());
+                    std::fs::write(&path, text)
+                        .map_err(|e| Failure::Error(anyhow::anyhow!("writing {}: {e}", path.display())))?;
+                    eprintln!(
+                        "exported {} messages of {a} to {}",
+                        export.messages.len(),
+                        path.display()
+                    );
                 }
                 None => println!("{text}"),
             }
@@ -487,10 +631,15 @@ async fn dispatch(admin: &AdminService, config: &coolchat::config::Config, cmd: 
                 if !std::io::stdin().is_terminal() {
                     return Err(Usage("refusing to erase without confirmation: pass --yes".into()).into());
                 }
-                eprint!("Erase {a}: tombstone all their messages and remove their profile, rooms and sessions? Type the address to confirm: ");
+                eprint!(
+                    "Erase {a}: tombstone all their messages and remove their profile, rooms and sessions? Type the address to confirm: "
+                );
                 let _ = std::io::stderr().flush();
                 let mut line = String::new();
-                std::io::stdin().lock().read_line(&mut line).map_err(|e| Failure::Error(e.into()))?;
+                std::io::stdin()
+                    .lock()
+                    .read_line(&mut line)
+                    .map_err(|e| Failure::Error(e.into()))?;
                 if line.trim().parse::<Address>().ok() != Some(a) {
                     return Err(Failure::Error(anyhow::anyhow!("not confirmed; nothing was changed")));
                 }
@@ -501,7 +650,10 @@ async fn dispatch(admin: &AdminService, config: &coolchat::config::Config, cmd: 
             }
             println!(
                 "erased {a}: {} messages tombstoned, {} memberships, {} sessions, {} scheduled messages removed",
-                report.messages_tombstoned, report.memberships_removed, report.sessions_deleted, report.scheduled_deleted
+                report.messages_tombstoned,
+                report.memberships_removed,
+                report.sessions_deleted,
+                report.scheduled_deleted
             );
         }
     }
@@ -510,13 +662,29 @@ async fn dispatch(admin: &AdminService, config: &coolchat::config::Config, cmd: 
 
 /// Live figures from the local node's `/metrics`, if one answers at `server.listen`.
 async fn node_gauges(config: &coolchat::config::Config) -> Option<serde_json::Map<String, serde_json::Value>> {
-    let base = if config.server.public_url.is_empty() { format!("http://{}", config.server.listen) } else { config.server.public_url.clone() };
-    let client = reqwest::Client::builder().timeout(std::time::Duration::from_secs(2)).build().ok()?;
-    let text = client.get(format!("{base}/metrics")).send().await.ok()?.text().await.ok()?;
+    let base = if config.server.public_url.is_empty() {
+        format!("http://{}", config.server.listen)
+    } else {
+        config.server.public_url.clone()
+    };
+    let client = reqwest::Client::builder()
+        .timeout(std::time::Duration::from_secs(2))
+        .build()
+        .ok()?;
+    let text = client
+        .get(format!("{base}/metrics"))
+        .send()
+        .await
+        .ok()?
+        .text()
+        .await
+        .ok()?;
     let mut map = serde_json::Map::new();
     for line in text.lines() {
         let mut parts = line.split_whitespace();
-        let (Some(name), Some(value)) = (parts.next(), parts.next()) else { continue };
+        let (Some(name), Some(value)) = (parts.next(), parts.next()) else {
+            continue;
+        };
         let key = match name {
             "coolchat_online_users" => "online_users",
             "coolchat_queue_depth" => "queue_depth",

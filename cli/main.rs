@@ -33,7 +33,9 @@ pub struct CommonOpts {
 #[derive(Subcommand)]
 enum Command {
     /// Run the gateway: REST + Socket.IO on one port.
-    #[command(after_help = "Examples:\n  coolchat serve\n  coolchat serve --listen 0.0.0.0:8080 --public-url https://chat.example.com\n  coolchat serve --config /etc/coolchat/config.toml\n  COOLCHAT__LIMITS__MAX_BODY_BYTES=4096 coolchat serve")]
+    #[command(
+        after_help = "Examples:\n  coolchat serve\n  coolchat serve --listen 0.0.0.0:8080 --public-url https://chat.example.com\n  coolchat serve --config /etc/coolchat/config.toml\n  COOLCHAT__LIMITS__MAX_BODY_BYTES=4096 coolchat serve"
+    )]
     Serve(serve::ServeArgs),
     /// Run the message-processing worker (needs a broker backend; embedded mode runs it inside `serve`).
     #[command(after_help = "Examples:\n  coolchat worker --config /etc/coolchat/config.toml")]
@@ -42,7 +44,9 @@ enum Command {
     #[command(after_help = "Examples:\n  coolchat migrate\n  coolchat migrate --data-dir /var/lib/coolchat")]
     Migrate(CommonOpts),
     /// Operator tasks: bans, sessions, users, rooms, messages, stats, export, erasure.
-    #[command(after_help = "Works with or without a running node (same --config/--data-dir as serve).\n\nExamples:\n  coolchat admin ban 0xAb5801a7D398351b8bE11C439e05C5B3259aeC9B --reason spam --for 7d\n  coolchat admin users show 0xAb5801a7D398351b8bE11C439e05C5B3259aeC9B\n  coolchat admin stats --json")]
+    #[command(
+        after_help = "Works with or without a running node (same --config/--data-dir as serve).\n\nExamples:\n  coolchat admin ban 0xAb5801a7D398351b8bE11C439e05C5B3259aeC9B --reason spam --for 7d\n  coolchat admin users show 0xAb5801a7D398351b8bE11C439e05C5B3259aeC9B\n  coolchat admin stats --json"
+    )]
     Admin(admin::AdminArgs),
     /// Load generator: real SIWE logins and Socket.IO clients against a running node.
     #[command(after_help = "Examples:\n  coolchat bench --url http://127.0.0.1:8080")]
@@ -87,8 +91,14 @@ fn main() -> ExitCode {
 }
 
 /// Loads the configuration for a subcommand, exiting 2 with the offending key on failure.
-pub fn load_config(opts: &CommonOpts, overrides: coolchat::config::Overrides) -> std::result::Result<coolchat::config::Config, ExitCode> {
-    let overrides = coolchat::config::Overrides { data_dir: opts.data_dir.clone().or(overrides.data_dir), ..overrides };
+pub fn load_config(
+    opts: &CommonOpts,
+    overrides: coolchat::config::Overrides,
+) -> std::result::Result<coolchat::config::Config, ExitCode> {
+    let overrides = coolchat::config::Overrides {
+        data_dir: opts.data_dir.clone().or(overrides.data_dir),
+        ..overrides
+    };
     coolchat::config::Config::load(opts.config.as_deref(), &overrides).map_err(|e| {
         eprintln!("error: {e}");
         ExitCode::from(2)

@@ -23,7 +23,11 @@ pub struct ServeArgs {
 }
 
 pub async fn run(args: ServeArgs) -> Result<ExitCode> {
-    let overrides = Overrides { listen: args.listen.clone(), public_url: args.public_url.clone(), data_dir: None };
+    let overrides = Overrides {
+        listen: args.listen.clone(),
+        public_url: args.public_url.clone(),
+        data_dir: None,
+    };
     let config = match crate::load_config(&args.common, overrides) {
         Ok(c) => c,
         Err(code) => return Ok(code),
@@ -33,14 +37,23 @@ pub async fn run(args: ServeArgs) -> Result<ExitCode> {
     let addr = config.listen_addr()?;
     let listener = coolchat::gateway::bind(addr).await?;
     let local = listener.local_addr().context("reading the bound address")?;
-    let public_url = if config.server.public_url.is_empty() { format!("http://{local}") } else { config.server.public_url.clone() };
+    let public_url = if config.server.public_url.is_empty() {
+        format!("http://{local}")
+    } else {
+        config.server.public_url.clone()
+    };
     let origin = PublicOrigin::parse(&public_url).map_err(|p| anyhow::anyhow!("server.public_url: {p}"))?;
 
-    let backends = coolchat::backends::open(&config).await.context("opening the backends")?;
+    let backends = coolchat::backends::open(&config)
+        .await
+        .context("opening the backends")?;
     let svc = ChatService::new(backends.clone(), config.clone(), origin.clone());
 
     println!("coolchat {} listening on http://{local}", env!("CARGO_PKG_VERSION"));
-    println!("  public origin (SIWE domain/uri): {} ({})", origin.origin, origin.domain);
+    println!(
+        "  public origin (SIWE domain/uri): {} ({})",
+        origin.origin, origin.domain
+    );
     println!("  data directory: {}", config.server.data_dir.display());
     println!("  storage: {}", backends.store.describe());
     println!("  cache/presence: {}", backends.state.describe());

@@ -92,7 +92,14 @@ mod tests {
 
     #[test]
     fn refuses_garbage() {
-        for bad in ["", "0x", "9d85ca56217d2bb651b00f15e694eb7e713637d4", "0x123", "0xzz85ca56217d2bb651b00f15e694eb7e713637d4", "0x9d85ca56217d2bb651b00f15e694eb7e713637d4aa"] {
+        for bad in [
+            "",
+            "0x",
+            "9d85ca56217d2bb651b00f15e694eb7e713637d4",
+            "0x123",
+            "0xzz85ca56217d2bb651b00f15e694eb7e713637d4",
+            "0x9d85ca56217d2bb651b00f15e694eb7e713637d4aa",
+        ] {
             assert_eq!(bad.parse::<Address>().unwrap_err().code(), "invalid_address", "{bad}");
         }
     }

@@ -15,7 +15,8 @@ use std::time::Duration;
 /// Opens every backend named by `config` (creating the data directory when needed).
 pub async fn open(config: &Config) -> Result<Backends> {
     let data_dir = &config.server.data_dir;
-    std::fs::create_dir_all(data_dir).map_err(|e| Error::Backend(format!("cannot create data directory {}: {e}", data_dir.display())))?;
+    std::fs::create_dir_all(data_dir)
+        .map_err(|e| Error::Backend(format!("cannot create data directory {}: {e}", data_dir.display())))?;
     let store = Arc::new(SqliteStore::open(
         &data_dir.join("coolchat.db"),
         SqliteOptions {
@@ -27,7 +28,17 @@ pub async fn open(config: &Config) -> Result<Backends> {
     let bus = Arc::new(LocalBus::new(config.bus.capacity));
     let state = Arc::new(MemoryState::new());
     let processor = Arc::new(Processor::new(store.clone(), bus.clone()));
-    let queue = Arc::new(InProcessQueue::new(processor, config.queue.capacity, Duration::from_secs(config.queue.send_timeout_secs)));
+    let queue = Arc::new(InProcessQueue::new(
+        processor,
+        config.queue.capacity,
+        Duration::from_secs(config.queue.send_timeout_secs),
+    ));
     let media = Arc::new(LocalMediaStore::new(data_dir.join("media"))?);
-    Ok(Backends { store, state, bus, queue, media })
+    Ok(Backends {
+        store,
+        state,
+        bus,
+        queue,
+        media,
+    })
 }

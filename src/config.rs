@@ -201,7 +201,9 @@ pub struct CacheConfig {
 
 impl Default for CacheConfig {
     fn default() -> Self {
-        CacheConfig { backend: "memory".into() }
+        CacheConfig {
+            backend: "memory".into(),
+        }
     }
 }
 
@@ -218,7 +220,10 @@ pub struct BusConfig {
 
 impl Default for BusConfig {
     fn default() -> Self {
-        BusConfig { backend: "local".into(), capacity: 65536 }
+        BusConfig {
+            backend: "local".into(),
+            capacity: 65536,
+        }
     }
 }
 
@@ -259,7 +264,10 @@ pub struct MediaConfig {
 
 impl Default for MediaConfig {
     fn default() -> Self {
-        MediaConfig { backend: "local".into(), max_upload_bytes: 25 * 1024 * 1024 }
+        MediaConfig {
+            backend: "local".into(),
+            max_upload_bytes: 25 * 1024 * 1024,
+        }
     }
 }
 
@@ -304,7 +312,10 @@ impl Config {
     /// Checks every value that the types alone cannot.
     pub fn validate(&self) -> Result<(), ConfigError> {
         fn bad(key: &'static str, problem: impl Into<String>) -> ConfigError {
-            ConfigError::Invalid { key, problem: problem.into() }
+            ConfigError::Invalid {
+                key,
+                problem: problem.into(),
+            }
         }
         self.listen_addr()?;
         if !self.server.public_url.is_empty() {
@@ -334,10 +345,16 @@ impl Config {
             return Err(bad("limits.max_room_members", "must be at least 2"));
         }
         if l.max_frame_bytes < 4 * l.max_body_bytes {
-            return Err(bad("limits.max_frame_bytes", format!("must be at least 4x limits.max_body_bytes ({})", 4 * l.max_body_bytes)));
+            return Err(bad(
+                "limits.max_frame_bytes",
+                format!("must be at least 4x limits.max_body_bytes ({})", 4 * l.max_body_bytes),
+            ));
         }
         if l.max_http_body_bytes < l.max_body_bytes + 1024 {
-            return Err(bad("limits.max_http_body_bytes", "must exceed limits.max_body_bytes by at least 1024"));
+            return Err(bad(
+                "limits.max_http_body_bytes",
+                "must exceed limits.max_body_bytes by at least 1024",
+            ));
         }
         if !(l.messages_per_second > 0.0 && l.messages_per_second.is_finite()) {
             return Err(bad("limits.messages_per_second", "must be a positive number"));
@@ -362,7 +379,10 @@ impl Config {
             return Err(bad("auth.nonce_requests_per_minute", "must be greater than 0"));
         }
         if self.storage.backend != "sqlite" {
-            return Err(bad("storage.backend", format!("unknown backend `{}` (available: sqlite)", self.storage.backend)));
+            return Err(bad(
+                "storage.backend",
+                format!("unknown backend `{}` (available: sqlite)", self.storage.backend),
+            ));
         }
         if !matches!(self.storage.sqlite_synchronous.as_str(), "full" | "normal") {
             return Err(bad("storage.sqlite_synchronous", "must be `full` or `normal`"));
@@ -371,25 +391,43 @@ impl Config {
             return Err(bad("storage.sqlite_readers", "must be greater than 0"));
         }
         if self.cache.backend != "memory" {
-            return Err(bad("cache.backend", format!("unknown backend `{}` (available: memory)", self.cache.backend)));
+            return Err(bad(
+                "cache.backend",
+                format!("unknown backend `{}` (available: memory)", self.cache.backend),
+            ));
         }
         if self.bus.backend != "local" {
-            return Err(bad("bus.backend", format!("unknown backend `{}` (available: local)", self.bus.backend)));
+            return Err(bad(
+                "bus.backend",
+                format!("unknown backend `{}` (available: local)", self.bus.backend),
+            ));
         }
         if self.server.control_poll_ms == 0 || self.server.control_poll_ms > 1000 {
-            return Err(bad("server.control_poll_ms", "must be between 1 and 1000 (bans must reach sockets within a second)"));
+            return Err(bad(
+                "server.control_poll_ms",
+                "must be between 1 and 1000 (bans must reach sockets within a second)",
+            ));
         }
         if self.bus.capacity == 0 {
             return Err(bad("bus.capacity", "must be greater than 0"));
         }
         if self.queue.backend != "inprocess" {
-            return Err(bad("queue.backend", format!("unknown backend `{}` (available: inprocess)", self.queue.backend)));
+            return Err(bad(
+                "queue.backend",
+                format!("unknown backend `{}` (available: inprocess)", self.queue.backend),
+            ));
         }
         if self.queue.capacity == 0 || self.queue.send_timeout_secs == 0 || self.queue.scheduler_interval_ms == 0 {
-            return Err(bad("queue.capacity", "queue capacity, send_timeout_secs and scheduler_interval_ms must be greater than 0"));
+            return Err(bad(
+                "queue.capacity",
+                "queue capacity, send_timeout_secs and scheduler_interval_ms must be greater than 0",
+            ));
         }
         if self.media.backend != "local" {
-            return Err(bad("media.backend", format!("unknown backend `{}` (available: local)", self.media.backend)));
+            return Err(bad(
+                "media.backend",
+                format!("unknown backend `{}` (available: local)", self.media.backend),
+            ));
         }
         Ok(())
     }
@@ -427,7 +465,11 @@ impl PublicOrigin {
             return Err(format!("`{url}`: must be an origin, without path or query"));
         }
         let domain = authority.as_str().to_ascii_lowercase();
-        Ok(PublicOrigin { scheme: scheme.to_string(), origin: format!("{scheme}://{domain}"), domain })
+        Ok(PublicOrigin {
+            scheme: scheme.to_string(),
+            origin: format!("{scheme}://{domain}"),
+            domain,
+        })
     }
 }
 
@@ -463,7 +505,11 @@ mod tests {
         let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/config.toml");
         let text = std::fs::read_to_string(&path).unwrap();
         let example: Config = toml::from_str(&text).unwrap();
-        assert_eq!(example, Config::default(), "examples/config.toml must show the defaults");
+        assert_eq!(
+            example,
+            Config::default(),
+            "examples/config.toml must show the defaults"
+        );
         let parsed: toml::Table = toml::from_str(&text).unwrap();
         let defaults = toml::Table::try_from(Config::default()).unwrap();
         for (section, keys) in &defaults {

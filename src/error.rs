@@ -190,7 +190,12 @@ impl Error {
             Error::Backend(_) => "a backend is unavailable, retry later".to_string(),
             other => other.to_string(),
         };
-        ErrorBody { error: ErrorObject { code: self.code().to_string(), message } }
+        ErrorBody {
+            error: ErrorObject {
+                code: self.code().to_string(),
+                message,
+            },
+        }
     }
 
     /// Shorthand for a storage/broker failure.
@@ -227,12 +232,18 @@ mod tests {
             Error::InvalidRequest("x".into()),
             Error::Siwe(SiweRefusal::Nonce),
             Error::Banned { until: None },
-            Error::RateLimited { retry_after: Duration::from_millis(1500) },
+            Error::RateLimited {
+                retry_after: Duration::from_millis(1500),
+            },
             Error::Backend("db down".into()),
             Error::Internal("secret detail".into()),
         ];
         for e in &all {
-            assert!(e.code().chars().all(|c| c.is_ascii_lowercase() || c == '_'), "{}", e.code());
+            assert!(
+                e.code().chars().all(|c| c.is_ascii_lowercase() || c == '_'),
+                "{}",
+                e.code()
+            );
         }
         assert_eq!(all[1].status(), 401);
         assert_eq!(all[2].status(), 403);

@@ -56,6 +56,12 @@ pub fn process_figures() -> Option<ProcessFigures> {
     let ticks = 100.0; // USER_HZ is 100 on every Linux platform Rust targets.
     let statm = std::fs::read_to_string("/proc/self/statm").ok()?;
     let rss_pages: u64 = statm.split_whitespace().nth(1)?.parse().ok()?;
-    let open_fds = std::fs::read_dir("/proc/self/fd").map(|d| d.count() as u64).unwrap_or(0);
-    Some(ProcessFigures { rss_bytes: rss_pages * 4096, cpu_seconds: (utime + stime) / ticks, open_fds })
+    let open_fds = std::fs::read_dir("/proc/self/fd")
+        .map(|d| d.count() as u64)
+        .unwrap_or(0);
+    Some(ProcessFigures {
+        rss_bytes: rss_pages * 4096,
+        cpu_seconds: (utime + stime) / ticks,
+        open_fds,
+    })
 }

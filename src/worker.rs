@@ -38,7 +38,9 @@ impl JobHandler for Processor {
         if let Some(a) = appended.as_ref().filter(|a| a.created) {
             metrics::counter!("coolchat_messages_total").increment(1);
             // The bus may drop; the message is already durable and `sync` will find it.
-            if let Err(e) = self.bus.publish(BusEvent::MessageCreated { message: a.message.clone() }) {
+            if let Err(e) = self.bus.publish(BusEvent::MessageCreated {
+                message: a.message.clone(),
+            }) {
                 tracing::warn!(error = %e, room_id = %a.message.room_id, seq = a.message.seq, "fan-out failed");
             }
         }
@@ -48,7 +50,12 @@ impl JobHandler for Processor {
 
 /// Delivers due scheduled messages until `stop` is cancelled. Each due entry goes through the
 /// send queue, so scheduled sends share the pipeline (and its limits) with live ones.
-pub async fn run_scheduler(store: Arc<dyn Store>, queue: Arc<dyn SendQueue>, interval: Duration, stop: CancellationToken) {
+pub async fn run_scheduler(
+    store: Arc<dyn Store>,
+    queue: Arc<dyn SendQueue>,
+    interval: Duration,
+    stop: CancellationToken,
+) {
     let mut tick = tokio::time::interval(interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -66,7 +73,9 @@ pub async fn run_scheduler(store: Arc<dyn Store>, queue: Arc<dyn SendQueue>, int
         for entry in due {
             match queue.submit(SendJob::DeliverScheduled { id: entry.id.clone() }).await {
                 Ok(_) => {}
-                Err(e @ (Error::NotMember | Error::RoomNotFound | Error::Banned { .. } | Error::IdempotencyConflict)) => {
+                Err(
+                    e @ (Error::NotMember | Error::RoomNotFound | Error::Banned { .. } | Error::IdempotencyConflict),
+                ) => {
                     tracing::info!(id = %entry.id, sender = %entry.sender, reason = e.code(), "scheduled message dropped");
                 }
                 Err(e) => tracing::warn!(id = %entry.id, error = %e, "scheduled delivery failed; will retry"),
@@ -79,7 +88,12 @@ pub async fn run_scheduler(store: Arc<dyn Store>, queue: Arc<dyn SendQueue>, int
 /// node's bus, so bans, revocations and deletions reach live sockets within `interval`. Starts
 /// after the newest entry present at start-up: older entries concern sockets that no longer
 /// exist.
-pub async fn run_control_watcher(store: Arc<dyn Store>, bus: Arc<dyn Bus>, interval: Duration, stop: CancellationToken) {
+pub async fn run_control_watcher(
+    store: Arc<dyn Store>,
+    bus: Arc<dyn Bus>,
+    interval: Duration,
+    stop: CancellationToken,
+) {
     let mut last = match store.last_control_id().await {
         Ok(id) => id,
         Err(e) => {

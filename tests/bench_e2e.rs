@@ -38,20 +38,29 @@ impl Node {
             for line in BufReader::new(stdout).lines() {
                 let Ok(line) = line else { break };
                 if !sent && let Some(at) = line.find("listening on ") {
-                    let url = line[at + "listening on ".len()..].split_whitespace().next().unwrap_or("").to_string();
+                    let url = line[at + "listening on ".len()..]
+                        .split_whitespace()
+                        .next()
+                        .unwrap_or("")
+                        .to_string();
                     let _ = tx.send(url);
                     sent = true;
                 }
             }
         });
-        let url = rx.recv_timeout(Duration::from_secs(30)).expect("the node prints its address");
+        let url = rx
+            .recv_timeout(Duration::from_secs(30))
+            .expect("the node prints its address");
         Node { child, url, _dir: dir }
     }
 }
 
 impl Drop for Node {
     fn drop(&mut self) {
-        let _ = Command::new("kill").arg("-TERM").arg(self.child.id().to_string()).status();
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(self.child.id().to_string())
+            .status();
         for _ in 0..100 {
             if let Ok(Some(_)) = self.child.try_wait() {
                 return;
@@ -85,7 +94,11 @@ async fn a_small_fanout_run_loses_nothing_and_reports() {
     let json = dir.path().join("run.json");
     let cfg = BenchConfig {
         json: Some(json.clone()),
-        asserts: vec!["lost==0".parse().unwrap(), "duplicated==0".parse().unwrap(), "p99_ms<5000".parse().unwrap()],
+        asserts: vec![
+            "lost==0".parse().unwrap(),
+            "duplicated==0".parse().unwrap(),
+            "p99_ms<5000".parse().unwrap(),
+        ],
         ..small_fanout(&node.url)
     };
     let code = bench::run(cfg).await.unwrap();
@@ -151,7 +164,10 @@ async fn a_refused_token_is_a_connect_error_code() {
         ack_timeout: Duration::from_secs(5),
         handshake_timeout: Duration::from_secs(5),
     };
-    let err = bench::client::handshake(&ctx, 0, "not-a-token").await.err().expect("refused");
+    let err = bench::client::handshake(&ctx, 0, "not-a-token")
+        .await
+        .err()
+        .expect("refused");
     assert_eq!(err.code(), "connect_error:invalid_token");
     // A real sign-in gets in.
     let token = bench::rest::sign_in(&ctx.net, 0, &ctx.users[0]).await.unwrap();
@@ -160,9 +176,16 @@ async fn a_refused_token_is_a_connect_error_code() {
 
 #[tokio::test]
 async fn unusable_settings_are_usage_errors() {
-    let cfg = BenchConfig { clients: 5, room_size: 10, ..Default::default() };
+    let cfg = BenchConfig {
+        clients: 5,
+        room_size: 10,
+        ..Default::default()
+    };
     assert!(matches!(bench::run(cfg).await, Err(BenchError::Usage(_))));
-    let cfg = BenchConfig { compare: Some("/nonexistent/base.json".into()), ..Default::default() };
+    let cfg = BenchConfig {
+        compare: Some("/nonexistent/base.json".into()),
+        ..Default::default()
+    };
     assert!(matches!(bench::run(cfg).await, Err(BenchError::Usage(_))));
     assert!("no_such_figure<1".parse::<bench::Assertion>().is_err());
 }

@@ -28,15 +28,13 @@ fn str_field<'a>(name: &str, fields: &'a Value, key: &str) -> &'a str {
 }
 
 fn opt_str_field<'a>(name: &str, fields: &'a Value, key: &str) -> Option<&'a str> {
-    fields.get(key).map(|v| {
-        v.as_str()
-            .unwrap_or_else(|| panic!("{name}: `{key}` must be a string"))
-    })
+    fields
+        .get(key)
+        .map(|v| v.as_str().unwrap_or_else(|| panic!("{name}: `{key}` must be a string")))
 }
 
 fn timestamp(name: &str, s: &str) -> OffsetDateTime {
-    OffsetDateTime::parse(s, &Rfc3339)
-        .unwrap_or_else(|e| panic!("{name}: `{s}` is not RFC 3339: {e}"))
+    OffsetDateTime::parse(s, &Rfc3339).unwrap_or_else(|e| panic!("{name}: `{s}` is not RFC 3339: {e}"))
 }
 
 /// The EIP-4361 text of a vector, built from its fields with the `siwe` crate's `Display`.
@@ -89,9 +87,7 @@ fn message_text(name: &str, f: &Value) -> String {
 
 /// `scheme://authority` of a vector's URI.
 fn origin_of(name: &str, uri: &str) -> String {
-    let parsed: http::Uri = uri
-        .parse()
-        .unwrap_or_else(|e| panic!("{name}: uri `{uri}`: {e}"));
+    let parsed: http::Uri = uri.parse().unwrap_or_else(|e| panic!("{name}: uri `{uri}`: {e}"));
     match (parsed.scheme_str(), parsed.authority()) {
         (Some(scheme), Some(authority)) => format!("{scheme}://{authority}"),
         _ => panic!("{name}: uri `{uri}` has no scheme or authority"),
@@ -114,11 +110,7 @@ fn time_inside_window(name: &str, f: &Value) -> OffsetDateTime {
 
 /// What a node serving the vector's own domain and URI would expect (no issued-at check: the
 /// vectors were signed years ago).
-fn own_expectations<'a>(
-    domain: &'a str,
-    origin: &'a str,
-    chain: &'a [u64],
-) -> SiweExpectations<'a> {
+fn own_expectations<'a>(domain: &'a str, origin: &'a str, chain: &'a [u64]) -> SiweExpectations<'a> {
     SiweExpectations {
         domain,
         uri_origin: origin,
@@ -162,11 +154,7 @@ fn parsing_negative() {
         }
         ran += 1;
     }
-    assert!(
-        wrong.is_empty(),
-        "unexpected outcomes:\n{}",
-        wrong.join("\n")
-    );
+    assert!(wrong.is_empty(), "unexpected outcomes:\n{}", wrong.join("\n"));
     assert_eq!(ran, cases.len());
     assert_eq!(ran, 33, "the file should hold the 33 published cases");
     // Only that one case gets through the siwe crate's parser; every other is refused by it.
@@ -181,19 +169,11 @@ fn verification_positive() {
         let text = message_text(name, f);
         let domain = str_field(name, f, "domain");
         let origin = origin_of(name, str_field(name, f, "uri"));
-        let chain = [f["chainId"]
-            .as_u64()
-            .unwrap_or_else(|| panic!("{name}: chainId"))];
-        let now = opt_str_field(name, f, "time")
-            .map_or_else(|| time_inside_window(name, f), |t| timestamp(name, t));
+        let chain = [f["chainId"].as_u64().unwrap_or_else(|| panic!("{name}: chainId"))];
+        let now = opt_str_field(name, f, "time").map_or_else(|| time_inside_window(name, f), |t| timestamp(name, t));
         let signature = str_field(name, f, "signature");
-        let verified = verify(
-            &text,
-            signature,
-            &own_expectations(domain, &origin, &chain),
-            now,
-        )
-        .unwrap_or_else(|e| panic!("{name}: refused ({}): {e}\n{text}", e.code()));
+        let verified = verify(&text, signature, &own_expectations(domain, &origin, &chain), now)
+            .unwrap_or_else(|e| panic!("{name}: refused ({}): {e}\n{text}", e.code()));
         let address: Address = str_field(name, f, "address")
             .parse()
             .unwrap_or_else(|e| panic!("{name}: {e}"));
@@ -205,8 +185,7 @@ fn verification_positive() {
             opt_str_field(name, f, "expirationTime").map(|s| timestamp(name, s)),
             "{name}"
         );
-        check_nonce(&verified, str_field(name, f, "nonce"))
-            .unwrap_or_else(|e| panic!("{name}: {e}"));
+        check_nonce(&verified, str_field(name, f, "nonce")).unwrap_or_else(|e| panic!("{name}: {e}"));
         ran += 1;
     }
     assert_eq!(ran, cases.len());
@@ -222,19 +201,14 @@ fn verification_negative() {
         let own_domain = str_field(name, f, "domain");
         let domain = opt_str_field(name, f, "domainBinding").unwrap_or(own_domain);
         let origin = origin_of(name, str_field(name, f, "uri"));
-        let chain = [f["chainId"]
-            .as_u64()
-            .unwrap_or_else(|| panic!("{name}: chainId"))];
+        let chain = [f["chainId"].as_u64().unwrap_or_else(|| panic!("{name}: chainId"))];
         // As in the reference suite: the given time, else the present.
-        let now = opt_str_field(name, f, "time")
-            .map_or_else(OffsetDateTime::now_utc, |t| timestamp(name, t));
+        let now = opt_str_field(name, f, "time").map_or_else(OffsetDateTime::now_utc, |t| timestamp(name, t));
         let signature = str_field(name, f, "signature");
         let expect = own_expectations(domain, &origin, &chain);
-        let result = verify(&text, signature, &expect, now).and_then(|v| {
-            match opt_str_field(name, f, "matchNonce") {
-                Some(nonce) => check_nonce(&v, nonce).map(|()| v),
-                None => Ok(v),
-            }
+        let result = verify(&text, signature, &expect, now).and_then(|v| match opt_str_field(name, f, "matchNonce") {
+            Some(nonce) => check_nonce(&v, nonce).map(|()| v),
+            None => Ok(v),
         });
         let want = match name.as_str() {
             "expired message" => "siwe_expired",
@@ -253,9 +227,7 @@ fn verification_negative() {
 
         // Control: remove the one thing the case is about, and the same message and signature
         // must be accepted, which shows the refusal above was for that reason alone.
-        let at = |key: &str, secs: i64| {
-            timestamp(name, str_field(name, f, key)) + time::Duration::seconds(secs)
-        };
+        let at = |key: &str, secs: i64| timestamp(name, str_field(name, f, key)) + time::Duration::seconds(secs);
         let own = own_expectations(own_domain, &origin, &chain);
         let control = match name.as_str() {
             "domain binding" | "custom nonce" => Some(verify(&text, signature, &own, now)),
@@ -266,8 +238,7 @@ fn verification_negative() {
             _ => None,
         };
         if let Some(control) = control {
-            let v =
-                control.unwrap_or_else(|e| panic!("{name}: control refused ({}): {e}", e.code()));
+            let v = control.unwrap_or_else(|e| panic!("{name}: control refused ({}): {e}", e.code()));
             let address: Address = str_field(name, f, "address")
                 .parse()
                 .unwrap_or_else(|e| panic!("{name}: {e}"));
@@ -288,22 +259,13 @@ fn recovery_byte_forms_are_equivalent() {
     for (name, f) in &cases {
         let text = message_text(name, f);
         let origin = origin_of(name, str_field(name, f, "uri"));
-        let chain = [f["chainId"]
-            .as_u64()
-            .unwrap_or_else(|| panic!("{name}: chainId"))];
-        let now = opt_str_field(name, f, "time")
-            .map_or_else(|| time_inside_window(name, f), |t| timestamp(name, t));
-        let mut sig = parse_signature(str_field(name, f, "signature"))
-            .unwrap_or_else(|e| panic!("{name}: {e}"));
-        sig[64] = if sig[64] >= 27 {
-            sig[64] - 27
-        } else {
-            sig[64] + 27
-        };
+        let chain = [f["chainId"].as_u64().unwrap_or_else(|| panic!("{name}: chainId"))];
+        let now = opt_str_field(name, f, "time").map_or_else(|| time_inside_window(name, f), |t| timestamp(name, t));
+        let mut sig = parse_signature(str_field(name, f, "signature")).unwrap_or_else(|e| panic!("{name}: {e}"));
+        sig[64] = if sig[64] >= 27 { sig[64] - 27 } else { sig[64] + 27 };
         let flipped = format!("0x{}", hex::encode(sig));
         let expect = own_expectations(str_field(name, f, "domain"), &origin, &chain);
-        verify(&text, &flipped, &expect, now)
-            .unwrap_or_else(|e| panic!("{name}: other v form refused: {e}"));
+        verify(&text, &flipped, &expect, now).unwrap_or_else(|e| panic!("{name}: other v form refused: {e}"));
         ran += 1;
     }
     assert_eq!(ran, cases.len());

@@ -134,7 +134,14 @@ impl AdminService {
 
     async fn audit(&self, action: &str, target: String, detail: serde_json::Value) -> Result<()> {
         self.store
-            .append_audit(AuditEntry { id: 0, at: model::now_ms(), actor: self.actor.clone(), action: action.into(), target, detail })
+            .append_audit(AuditEntry {
+                id: 0,
+                at: model::now_ms(),
+                actor: self.actor.clone(),
+                action: action.into(),
+                target,
+                detail,
+            })
             .await
             .map(|_| ())
     }
@@ -142,12 +149,25 @@ impl AdminService {
     /// Bans an address: ban recorded, sessions revoked, live sockets ended, optionally every
     /// message tombstoned. The ban itself is written first, so from that moment sign-in,
     /// REST and sends are refused even if a later step fails; the report lists such failures.
-    pub async fn ban(&self, address: Address, reason: Option<String>, until: Option<OffsetDateTime>, purge: bool, progress: Progress<'_>) -> Result<BanReport> {
+    pub async fn ban(
+        &self,
+        address: Address,
+        reason: Option<String>,
+        until: Option<OffsetDateTime>,
+        purge: bool,
+        progress: Progress<'_>,
+    ) -> Result<BanReport> {
         let now = model::now_ms();
         if until.is_some_and(|u| u <= now) {
             return Err(Error::InvalidRequest("the ban would already be over".into()));
         }
-        let ban = Ban { address, reason: reason.clone(), banned_by: self.actor.clone(), created_at: now, until };
+        let ban = Ban {
+            address,
+            reason: reason.clone(),
+            banned_by: self.actor.clone(),
+            created_at: now,
+            until,
+        };
         self.store.put_ban(ban.clone()).await?;
         let mut errors = Vec::new();
         let revoked = match self.store.revoke_sessions_of(address, now).await {
@@ -157,7 +177,14 @@ impl AdminService {
                 0
             }
         };
-        let sockets_notified = match self.notifier.notify(BusEvent::AddressEnded { address, reason: EndReason::Banned }).await {
+        let sockets_notified = match self
+            .notifier
+            .notify(BusEvent::AddressEnded {
+                address,
+                reason: EndReason::Banned,
+            })
+            .await
+        {
             Ok(()) => true,
             Err(e) => {
                 errors.push(format!("telling live nodes failed: {e}"));
@@ -178,7 +205,13 @@ impl AdminService {
         if let Err(e) = self.audit("ban", address.to_checksum(), detail).await {
             errors.push(format!("writing the audit log failed: {e}"));
         }
-        Ok(BanReport { ban, sessions_revoked: revoked, sockets_notified, messages_tombstoned: tombstoned, errors })
+        Ok(BanReport {
+            ban,
+            sessions_revoked: revoked,
+            sockets_notified,
+            messages_tombstoned: tombstoned,
+            errors,
+        })
     }
 
     /// Tombstones every message of an address in batches, telling live clients per message.
@@ -192,7 +225,13 @@ impl AdminService {
                 return Ok(done);
             }
             for m in &batch {
-                self.notifier.notify(BusEvent::MessageDeleted { room_id: m.room_id.clone(), id: m.id.clone(), seq: m.seq }).await?;
+                self.notifier
+                    .notify(BusEvent::MessageDeleted {
+                        room_id: m.room_id.clone(),
+                        id: m.id.clone(),
+                        seq: m.seq,
+                    })
+                    .await?;
             }
             done += batch.len() as u64;
             progress(done, total.max(done));
@@ -202,7 +241,12 @@ impl AdminService {
     /// Lifts a ban. False if there was none.
     pub async fn unban(&self, address: Address) -> Result<bool> {
         let existed = self.store.delete_ban(address).await?;
-        self.audit("unban", address.to_checksum(), serde_json::json!({ "existed": existed })).await?;
+        self.audit(
+            "unban",
+            address.to_checksum(),
+            serde_json::json!({ "existed": existed }),
+        )
+        .await?;
         Ok(existed)
     }
 
@@ -264,26 +308,60 @@ impl AdminService {
     pub async fn remove_member(&self, room_id: &str, address: Address) -> Result<Room> {
         let (room, was_member) = self.store.remove_member(room_id, address).await?;
         if !was_member {
-            return Err(Error::InvalidRequest(format!("{address} is not a member of room {room_id}")));
+            return Err(Error::InvalidRequest(format!(
+                "{address} is not a member of room {room_id}"
+            )));
         }
-        self.notifier.notify(BusEvent::RoomChanged { room: room.clone(), added: vec![], removed: vec![address] }).await?;
-        self.audit("remove_member", room_id.to_string(), serde_json::json!({ "address": address })).await?;
+        self.notifier
+            .notify(BusEvent::RoomChanged {
+                room: room.clone(),
+                added: vec![],
+                removed: vec![address],
+            })
+            .await?;
+        self.audit(
+            "remove_member",
+            room_id.to_string(),
+            serde_json::json!({ "address": address }),
+        )
+        .await?;
         Ok(room)
     }
 
     /// Tombstones one message (keeps its seq), telling live clients.
     pub async fn delete_message(&self, id: &str) -> Result<Message> {
         let tomb = self.store.tombstone_message(id).await?.ok_or(Error::NotFound)?;
-        self.notifier.notify(BusEvent::MessageDeleted { room_id: tomb.room_id.clone(), id: tomb.id.clone(), seq: tomb.seq }).await?;
-        self.audit("delete_message", id.to_string(), serde_json::json!({ "room_id": tomb.room_id, "seq": tomb.seq, "sender": tomb.sender })).await?;
+        self.notifier
+            .notify(BusEvent::MessageDeleted {
+                room_id: tomb.room_id.clone(),
+                id: tomb.id.clone(),
+                seq: tomb.seq,
+            })
+            .await?;
+        self.audit(
+            "delete_message",
+            id.to_string(),
+            serde_json::json!({ "room_id": tomb.room_id, "seq": tomb.seq, "sender": tomb.sender }),
+        )
+        .await?;
         Ok(tomb)
     }
 
     /// Revokes every session of an address and ends its live sockets. Returns how many.
     pub async fn revoke_sessions(&self, address: Address) -> Result<usize> {
         let revoked = self.store.revoke_sessions_of(address, model::now_ms()).await?;
-        self.notifier.notify(BusEvent::AddressEnded { address, reason: EndReason::Revoked }).await?;
-        self.audit("revoke_sessions", address.to_checksum(), serde_json::json!({ "revoked": revoked.len() })).await?;
+        self.notifier
+            .notify(BusEvent::AddressEnded {
+                address,
+                reason: EndReason::Revoked,
+            })
+            .await?;
+        self.audit(
+            "revoke_sessions",
+            address.to_checksum(),
+            serde_json::json!({ "revoked": revoked.len() }),
+        )
+        .await?;
         Ok(revoked.len())
     }
 
@@ -318,7 +396,12 @@ impl AdminService {
         if export.user.is_none() && export.messages.is_empty() && export.rooms.is_empty() {
             return Err(Error::UserNotFound);
         }
-        self.audit("export", address.to_checksum(), serde_json::json!({ "messages": export.messages.len() })).await?;
+        self.audit(
+            "export",
+            address.to_checksum(),
+            serde_json::json!({ "messages": export.messages.len() }),
+        )
+        .await?;
         Ok(export)
     }
 
@@ -339,16 +422,34 @@ impl AdminService {
             deleted.extend(page.into_iter().map(|m| (m.room_id, m.id, m.seq)));
         }
         let report = self.store.erase_user(address).await?;
-        self.notifier.notify(BusEvent::AddressEnded { address, reason: EndReason::Revoked }).await?;
+        self.notifier
+            .notify(BusEvent::AddressEnded {
+                address,
+                reason: EndReason::Revoked,
+            })
+            .await?;
         for (room_id, id, seq) in deleted {
-            self.notifier.notify(BusEvent::MessageDeleted { room_id, id, seq }).await?;
+            self.notifier
+                .notify(BusEvent::MessageDeleted { room_id, id, seq })
+                .await?;
         }
         for room_id in &report.rooms {
             if let Some(room) = self.store.get_room(room_id).await? {
-                self.notifier.notify(BusEvent::RoomChanged { room, added: vec![], removed: vec![address] }).await?;
+                self.notifier
+                    .notify(BusEvent::RoomChanged {
+                        room,
+                        added: vec![],
+                        removed: vec![address],
+                    })
+                    .await?;
             }
         }
-        self.audit("delete_user", address.to_checksum(), serde_json::to_value(&report).map_err(Error::internal)?).await?;
+        self.audit(
+            "delete_user",
+            address.to_checksum(),
+            serde_json::to_value(&report).map_err(Error::internal)?,
+        )
+        .await?;
         Ok(report)
     }
 }

@@ -116,8 +116,7 @@ pub fn verify(
     }
 
     // 2. Grammar.
-    let parsed =
-        siwe::Message::from_str(message).map_err(|e| Error::SiweMalformed(e.to_string()))?;
+    let parsed = siwe::Message::from_str(message).map_err(|e| Error::SiweMalformed(e.to_string()))?;
     if !parsed.nonce.bytes().all(|b| b.is_ascii_alphanumeric()) {
         return Err(Error::SiweMalformed(
             "the nonce must be ASCII letters and digits".into(),
@@ -138,10 +137,8 @@ pub fn verify(
     }
 
     // 5. URI: scheme and authority of our origin.
-    let origin =
-        http::Uri::from_str(expect.uri_origin).map_err(|_| origin_bug(expect.uri_origin))?;
-    let (Some(origin_scheme), Some(origin_authority)) = (origin.scheme_str(), origin.authority())
-    else {
+    let origin = http::Uri::from_str(expect.uri_origin).map_err(|_| origin_bug(expect.uri_origin))?;
+    let (Some(origin_scheme), Some(origin_authority)) = (origin.scheme_str(), origin.authority()) else {
         return Err(origin_bug(expect.uri_origin));
     };
     let uri_ok = parsed.uri.scheme_str().eq_ignore_ascii_case(origin_scheme)
@@ -163,11 +160,7 @@ pub fn verify(
     if expiration.is_some_and(|exp| exp <= now) {
         return Err(Error::Siwe(SiweRefusal::Expired));
     }
-    if parsed
-        .not_before
-        .as_ref()
-        .is_some_and(|nbf| *nbf.as_ref() > now)
-    {
+    if parsed.not_before.as_ref().is_some_and(|nbf| *nbf.as_ref() > now) {
         return Err(Error::Siwe(SiweRefusal::NotYetValid));
     }
     if let Some(skew) = expect.issued_at_skew {
@@ -315,9 +308,7 @@ mod tests {
         assert_eq!(v.expiration, Some(datetime!(2030-06-01 12:30:00 UTC)));
         check_nonce(&v, "abcdEFGH12345678").expect("same nonce");
         assert_eq!(
-            check_nonce(&v, "abcdEFGH12345679")
-                .expect_err("other nonce")
-                .code(),
+            check_nonce(&v, "abcdEFGH12345679").expect_err("other nonce").code(),
             "siwe_invalid_nonce"
         );
     }
@@ -348,10 +339,7 @@ mod tests {
             ..m
         }
         .text();
-        assert_eq!(
-            code(verify(&other, &sig, &expect(), NOW)),
-            "siwe_invalid_signature"
-        );
+        assert_eq!(code(verify(&other, &sig, &expect(), NOW)), "siwe_invalid_signature");
         // Signed by someone else for this address.
         let impostor = sign(&key(10), &signed);
         assert_eq!(
@@ -364,10 +352,7 @@ mod tests {
             "siwe_invalid_signature"
         );
         let zeros = format!("0x{}", "00".repeat(65));
-        assert_eq!(
-            code(verify(&signed, &zeros, &expect(), NOW)),
-            "siwe_invalid_signature"
-        );
+        assert_eq!(code(verify(&signed, &zeros, &expect(), NOW)), "siwe_invalid_signature");
     }
 
     #[test]
@@ -383,10 +368,7 @@ mod tests {
         let mut bytes = high.to_bytes().to_vec();
         bytes.push((recid.to_byte() ^ 1) + 27);
         let sig = format!("0x{}", hex::encode(bytes));
-        assert_eq!(
-            code(verify(&text, &sig, &expect(), NOW)),
-            "siwe_invalid_signature"
-        );
+        assert_eq!(code(verify(&text, &sig, &expect(), NOW)), "siwe_invalid_signature");
     }
 
     #[test]
@@ -415,10 +397,7 @@ mod tests {
                 "{bad:?}"
             );
         }
-        assert_eq!(
-            parse_signature(&format!("0x{hex130}")).expect("shape")[64],
-            0xab
-        );
+        assert_eq!(parse_signature(&format!("0x{hex130}")).expect("shape")[64], 0xab);
     }
 
     #[test]
@@ -434,19 +413,13 @@ mod tests {
             "{err:?}"
         );
         let garbage = "x".repeat(5000);
-        assert_eq!(
-            code(verify(&garbage, "", &expect(), NOW)),
-            "payload_too_large"
-        );
+        assert_eq!(code(verify(&garbage, "", &expect(), NOW)), "payload_too_large");
         // Exactly at the limit is fine (it fails later, on the dummy signature).
         let e = SiweExpectations {
             max_message_bytes: text.len(),
             ..expect()
         };
-        assert_eq!(
-            code(verify(&text, &dummy_sig(), &e, NOW)),
-            "siwe_invalid_signature"
-        );
+        assert_eq!(code(verify(&text, &dummy_sig(), &e, NOW)), "siwe_invalid_signature");
     }
 
     #[test]
@@ -466,10 +439,7 @@ mod tests {
             );
         }
         // Malformed wins over a bad signature shape (parse comes first).
-        assert_eq!(
-            code(verify("hello", "nope", &expect(), NOW)),
-            "siwe_malformed"
-        );
+        assert_eq!(code(verify("hello", "nope", &expect(), NOW)), "siwe_malformed");
     }
 
     #[test]
@@ -488,16 +458,11 @@ mod tests {
                 ..Msg::new(address_of(&k))
             }
             .text(),
-            m.text().replace(
-                "Sign in to CoolChat\n\n",
-                "Sign in to CoolChat\nsmuggled line\n",
-            ),
+            m.text()
+                .replace("Sign in to CoolChat\n\n", "Sign in to CoolChat\nsmuggled line\n"),
             format!("{}\nResources:", m.text()),
         ] {
-            assert!(
-                text.parse::<siwe::Message>().is_ok(),
-                "the crate parses {text:?}"
-            );
+            assert!(text.parse::<siwe::Message>().is_ok(), "the crate parses {text:?}");
             assert_eq!(
                 code(verify(&text, &sign(&k, &text), &expect(), NOW)),
                 "siwe_malformed",
@@ -509,27 +474,14 @@ mod tests {
             ..Msg::new(address_of(&k))
         }
         .text();
-        assert_eq!(
-            code(verify(&text, &sign(&k, &text), &expect(), NOW)),
-            "siwe_malformed"
-        );
+        assert_eq!(code(verify(&text, &sign(&k, &text), &expect(), NOW)), "siwe_malformed");
         // Trailing newline and CRLF are refused by the crate already.
         assert_eq!(
-            code(verify(
-                &format!("{}\n", m.text()),
-                &dummy_sig(),
-                &expect(),
-                NOW
-            )),
+            code(verify(&format!("{}\n", m.text()), &dummy_sig(), &expect(), NOW)),
             "siwe_malformed"
         );
         assert_eq!(
-            code(verify(
-                &m.text().replace('\n', "\r\n"),
-                &dummy_sig(),
-                &expect(),
-                NOW
-            )),
+            code(verify(&m.text().replace('\n', "\r\n"), &dummy_sig(), &expect(), NOW)),
             "siwe_malformed"
         );
     }
@@ -545,11 +497,7 @@ mod tests {
             ("evil@127.0.0.1:8080", false),
             ("example.com", false),
         ] {
-            let text = Msg {
-                domain,
-                ..Msg::new(a)
-            }
-            .text();
+            let text = Msg { domain, ..Msg::new(a) }.text();
             let r = verify(&text, &sign(&k, &text), &expect(), NOW);
             if ok {
                 r.expect(domain);
@@ -588,10 +536,7 @@ mod tests {
             ("http://127.0.0.1:8080@evil.com", false),
             ("http://127.0.0.1.evil.com:8080", false),
             ("http://user@127.0.0.1:8080", false),
-            (
-                "did:key:z6Mktud6LcDFb3heS7FFWoJhiCafmUPkCAgpvJLv5E6fgBJg",
-                false,
-            ),
+            ("did:key:z6Mktud6LcDFb3heS7FFWoJhiCafmUPkCAgpvJLv5E6fgBJg", false),
             ("urn:127.0.0.1:8080", false),
         ] {
             let text = Msg { uri, ..Msg::new(a) }.text();
@@ -757,10 +702,7 @@ mod tests {
             ..Msg::new(a)
         }
         .text();
-        assert_eq!(
-            code(verify(&text, "bad", &expect(), NOW)),
-            "siwe_invalid_signature"
-        );
+        assert_eq!(code(verify(&text, "bad", &expect(), NOW)), "siwe_invalid_signature");
         assert_eq!(
             code(verify(&text, &dummy_sig(), &expect(), NOW)),
             "siwe_domain_mismatch"
@@ -772,10 +714,7 @@ mod tests {
             ..Msg::new(a)
         }
         .text();
-        assert_eq!(
-            code(verify(&text, &dummy_sig(), &expect(), NOW)),
-            "siwe_uri_mismatch"
-        );
+        assert_eq!(code(verify(&text, &dummy_sig(), &expect(), NOW)), "siwe_uri_mismatch");
         let text = Msg {
             chain_id: "5",
             expiration: Some("2000-01-01T00:00:00Z"),
@@ -792,19 +731,13 @@ mod tests {
             ..Msg::new(a)
         }
         .text();
-        assert_eq!(
-            code(verify(&text, &dummy_sig(), &expect(), NOW)),
-            "siwe_expired"
-        );
+        assert_eq!(code(verify(&text, &dummy_sig(), &expect(), NOW)), "siwe_expired");
         let text = Msg {
             issued_at: "2000-01-01T00:00:00Z",
             ..Msg::new(a)
         }
         .text();
-        assert_eq!(
-            code(verify(&text, &dummy_sig(), &expect(), NOW)),
-            "siwe_issued_at_skew"
-        );
+        assert_eq!(code(verify(&text, &dummy_sig(), &expect(), NOW)), "siwe_issued_at_skew");
     }
 
     #[test]

@@ -60,7 +60,11 @@ mod tests {
     async fn subscribers_see_events_published_after_subscribing() {
         let bus = LocalBus::new(16);
         let mut a = bus.subscribe();
-        let ev = BusEvent::Typing { room_id: "r".into(), address: Address::from_bytes([1; 20]), active: true };
+        let ev = BusEvent::Typing {
+            room_id: "r".into(),
+            address: Address::from_bytes([1; 20]),
+            active: true,
+        };
         bus.publish(ev.clone()).unwrap();
         assert_eq!(a.next().await, Some(ev));
     }
@@ -70,7 +74,12 @@ mod tests {
         let bus = LocalBus::new(2);
         let mut a = bus.subscribe();
         for i in 0..5 {
-            bus.publish(BusEvent::Read { room_id: "r".into(), address: Address::from_bytes([1; 20]), seq: i }).unwrap();
+            bus.publish(BusEvent::Read {
+                room_id: "r".into(),
+                address: Address::from_bytes([1; 20]),
+                seq: i,
+            })
+            .unwrap();
         }
         match a.next().await {
             Some(BusEvent::Read { seq, .. }) => assert_eq!(seq, 3),

@@ -43,14 +43,33 @@ impl EndReason {
 pub enum BusEvent {
     /// A message was persisted (sent once, after commit).
     MessageCreated { message: Message },
-    Typing { room_id: String, address: Address, active: bool },
-    Read { room_id: String, address: Address, seq: i64 },
+    Typing {
+        room_id: String,
+        address: Address,
+        active: bool,
+    },
+    Read {
+        room_id: String,
+        address: Address,
+        seq: i64,
+    },
     /// An address came online or went offline; `rooms` are the rooms to tell.
-    Presence { address: Address, online: bool, rooms: Vec<String> },
+    Presence {
+        address: Address,
+        online: bool,
+        rooms: Vec<String>,
+    },
     /// A room changed: members added or removed, or renamed. `room` is the state after.
-    RoomChanged { room: Room, added: Vec<Address>, removed: Vec<Address> },
+    RoomChanged {
+        room: Room,
+        added: Vec<Address>,
+        removed: Vec<Address>,
+    },
     /// These sessions are over; every node closes their sockets.
-    SessionsEnded { token_hashes: Vec<String>, reason: EndReason },
+    SessionsEnded {
+        token_hashes: Vec<String>,
+        reason: EndReason,
+    },
     /// Every session of this address is over (ban); every node closes its sockets.
     AddressEnded { address: Address, reason: EndReason },
     /// A message became a tombstone (operator deletion, ban purge, erasure).

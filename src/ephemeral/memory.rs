@@ -49,7 +49,8 @@ impl Inner {
         self.inserts_since_sweep = 0;
         self.nonces.retain(|_, exp| *exp > now);
         // A bucket idle for a minute is full again, so forgetting it changes nothing.
-        self.buckets.retain(|_, b| now.duration_since(b.at) < Duration::from_secs(60));
+        self.buckets
+            .retain(|_, b| now.duration_since(b.at) < Duration::from_secs(60));
     }
 }
 
@@ -82,7 +83,10 @@ impl EphemeralState for MemoryState {
         let mut inner = self.inner.lock();
         inner.maybe_sweep(now);
         let burst = f64::from(limit.burst.max(1));
-        let bucket = inner.buckets.entry(key.to_string()).or_insert(Bucket { tokens: burst, at: now });
+        let bucket = inner
+            .buckets
+            .entry(key.to_string())
+            .or_insert(Bucket { tokens: burst, at: now });
         let refill = now.duration_since(bucket.at).as_secs_f64() * limit.per_second;
         bucket.tokens = (bucket.tokens + refill).min(burst);
         bucket.at = now;
@@ -108,7 +112,9 @@ impl EphemeralState for MemoryState {
 
     async fn presence_disconnect(&self, address: Address, connection_id: &str) -> Result<bool> {
         let mut inner = self.inner.lock();
-        let Some(conns) = inner.presence.get_mut(&address) else { return Ok(false) };
+        let Some(conns) = inner.presence.get_mut(&address) else {
+            return Ok(false);
+        };
         let removed = conns.remove(connection_id);
         if conns.is_empty() {
             inner.presence.remove(&address);
@@ -157,7 +163,10 @@ mod tests {
     #[tokio::test]
     async fn bucket_allows_burst_then_waits() {
         let s = MemoryState::new();
-        let limit = RateLimit { per_second: 1.0, burst: 3 };
+        let limit = RateLimit {
+            per_second: 1.0,
+            burst: 3,
+        };
         for _ in 0..3 {
             assert!(s.rate_limit("k", limit).await.unwrap().is_none());
         }
@@ -171,7 +180,10 @@ mod tests {
         let s = MemoryState::new();
         assert!(s.presence_connect(addr(1), "a", 2).await.unwrap());
         assert!(!s.presence_connect(addr(1), "b", 2).await.unwrap());
-        assert_eq!(s.presence_connect(addr(1), "c", 2).await.unwrap_err().code(), "too_many_connections");
+        assert_eq!(
+            s.presence_connect(addr(1), "c", 2).await.unwrap_err().code(),
+            "too_many_connections"
+        );
         assert!(!s.presence_disconnect(addr(1), "a").await.unwrap());
         assert!(s.is_online(addr(1)).await.unwrap());
         assert!(s.presence_disconnect(addr(1), "b").await.unwrap());

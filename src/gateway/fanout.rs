@@ -53,7 +53,11 @@ async fn dispatch(io: &SocketIo, event: BusEvent) {
         BusEvent::MessageCreated { message } => {
             deliver(io.to(message.room_id.clone()), "message", &message);
         }
-        BusEvent::Typing { room_id, address, active } => {
+        BusEvent::Typing {
+            room_id,
+            address,
+            active,
+        } => {
             let payload = json!({"room_id": room_id, "address": address, "active": active});
             deliver(io.to(room_id).except(user_room(&address)), "typing", &payload);
         }

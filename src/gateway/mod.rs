@@ -41,7 +41,9 @@ pub async fn serve(listener: TcpListener, svc: ChatService, stop: CancellationTo
     let fanout_task = tokio::spawn(fanout::run(io.clone(), svc.backends().bus.subscribe()));
 
     let routes = rest::routes(svc.clone());
-    let app = tower::ServiceBuilder::new().layer(sio_layer).service(warp::service(routes));
+    let app = tower::ServiceBuilder::new()
+        .layer(sio_layer)
+        .service(warp::service(routes));
 
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     loop {
@@ -58,10 +60,12 @@ pub async fn serve(listener: TcpListener, svc: ChatService, stop: CancellationTo
             },
         };
         let _ = stream.set_nodelay(true);
-        let app = app.clone().map_request(move |mut req: http::Request<hyper::body::Incoming>| {
-            req.extensions_mut().insert(PeerAddr(peer));
-            req
-        });
+        let app = app
+            .clone()
+            .map_request(move |mut req: http::Request<hyper::body::Incoming>| {
+                req.extensions_mut().insert(PeerAddr(peer));
+                req
+            });
         let service = TowerToHyperService::new(app);
         let builder = auto::Builder::new(TokioExecutor::new());
         let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
@@ -88,5 +92,7 @@ pub async fn serve(listener: TcpListener, svc: ChatService, stop: CancellationTo
 
 /// Binds the listener, turning the OS error into a clear one.
 pub async fn bind(addr: SocketAddr) -> Result<TcpListener> {
-    TcpListener::bind(addr).await.map_err(|e| Error::Backend(format!("cannot listen on {addr}: {e}")))
+    TcpListener::bind(addr)
+        .await
+        .map_err(|e| Error::Backend(format!("cannot listen on {addr}: {e}")))
 }

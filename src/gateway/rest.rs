@@ -127,7 +127,10 @@ fn history_query(raw: &str) -> Result<(HistoryPage, Option<usize>), Error> {
     let mut limit = None;
     for pair in raw.split('&').filter(|p| !p.is_empty()) {
         let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-        let num = |name: &str| v.parse::<i64>().map_err(|_| Error::InvalidRequest(format!("{name} must be an integer")));
+        let num = |name: &str| {
+            v.parse::<i64>()
+                .map_err(|_| Error::InvalidRequest(format!("{name} must be an integer")))
+        };
         match k {
             "after_seq" => after = Some(num("after_seq")?.max(0)),
             "before_seq" => before = Some(num("before_seq")?),
@@ -298,7 +301,11 @@ pub fn routes(svc: ChatService) -> BoxedFilter<(Response,)> {
             let result = async {
                 let who = authed(&svc, bearer).await?;
                 let req: CreateRoom = parse_json(&body)?;
-                let members = req.members.iter().map(|m| parse_address(m)).collect::<Result<Vec<_>, _>>()?;
+                let members = req
+                    .members
+                    .iter()
+                    .map(|m| parse_address(m))
+                    .collect::<Result<Vec<_>, _>>()?;
                 svc.create_room(&who, &req.name, &members).await
             }
             .await;
@@ -342,15 +349,17 @@ pub fn routes(svc: ChatService) -> BoxedFilter<(Response,)> {
         .and(with_svc(svc.clone()))
         .and(bearer())
         .and(json_body(body_limit))
-        .then(|room_id: String, svc: ChatService, bearer: Option<String>, body: Bytes| async move {
-            let result = async {
-                let who = authed(&svc, bearer).await?;
-                let req: AddressBody = parse_json(&body)?;
-                svc.add_member(&who, &room_id, parse_address(&req.address)?).await
-            }
-            .await;
-            respond(StatusCode::OK, result)
-        })
+        .then(
+            |room_id: String, svc: ChatService, bearer: Option<String>, body: Bytes| async move {
+                let result = async {
+                    let who = authed(&svc, bearer).await?;
+                    let req: AddressBody = parse_json(&body)?;
+                    svc.add_member(&who, &room_id, parse_address(&req.address)?).await
+                }
+                .await;
+                respond(StatusCode::OK, result)
+            },
+        )
         .boxed();
 
     let member_remove: Resp = api
@@ -358,14 +367,16 @@ pub fn routes(svc: ChatService) -> BoxedFilter<(Response,)> {
         .and(warp::delete())
         .and(with_svc(svc.clone()))
         .and(bearer())
-        .then(|room_id: String, address: String, svc: ChatService, bearer: Option<String>| async move {
-            let result = async {
-                let who = authed(&svc, bearer).await?;
-                svc.remove_member(&who, &room_id, parse_address(&address)?).await
-            }
-            .await;
-            respond(StatusCode::OK, result)
-        })
+        .then(
+            |room_id: String, address: String, svc: ChatService, bearer: Option<String>| async move {
+                let result = async {
+                    let who = authed(&svc, bearer).await?;
+                    svc.remove_member(&who, &room_id, parse_address(&address)?).await
+                }
+                .await;
+                respond(StatusCode::OK, result)
+            },
+        )
         .boxed();
 
     let dm_open: Resp = api
@@ -395,15 +406,17 @@ pub fn routes(svc: ChatService) -> BoxedFilter<(Response,)> {
         .and(with_svc(svc.clone()))
         .and(bearer())
         .and(raw_query)
-        .then(|room_id: String, svc: ChatService, bearer: Option<String>, query: String| async move {
-            let result = async {
-                let who = authed(&svc, bearer).await?;
-                let (page, limit) = history_query(&query)?;
-                svc.history(&who, &room_id, page, limit).await
-            }
-            .await;
-            respond(StatusCode::OK, result)
-        })
+        .then(
+            |room_id: String, svc: ChatService, bearer: Option<String>, query: String| async move {
+                let result = async {
+                    let who = authed(&svc, bearer).await?;
+                    let (page, limit) = history_query(&query)?;
+                    svc.history(&who, &room_id, page, limit).await
+                }
+                .await;
+                respond(StatusCode::OK, result)
+            },
+        )
         .boxed();
 
     let post_message: Resp = api
@@ -412,20 +425,36 @@ pub fn routes(svc: ChatService) -> BoxedFilter<(Response,)> {
         .and(with_svc(svc.clone()))
         .and(bearer())
         .and(json_body(body_limit))
-        .then(|room_id: String, svc: ChatService, bearer: Option<String>, body: Bytes| async move {
-            let result = async {
-                let who = authed(&svc, bearer).await?;
-                let req: PostMessage = parse_json(&body)?;
-                svc.send(&who, SendRequest { room_id, body: req.body, client_msg_id: req.client_msg_id, deliver_at: req.deliver_at }).await
-            }
-            .await;
-            match result {
-                Ok(SendOutcome::Sent { message, created: true }) => respond(StatusCode::CREATED, Ok(message)),
-                Ok(SendOutcome::Sent { message, created: false }) => respond(StatusCode::OK, Ok(message)),
-                Ok(SendOutcome::Scheduled { scheduled, .. }) => respond(StatusCode::ACCEPTED, Ok(json!({"scheduled": scheduled}))),
-                Err(e) => error_response(&e),
-            }
-        })
+        .then(
+            |room_id: String, svc: ChatService, bearer: Option<String>, body: Bytes| async move {
+                let result = async {
+                    let who = authed(&svc, bearer).await?;
+                    let req: PostMessage = parse_json(&body)?;
+                    svc.send(
+                        &who,
+                        SendRequest {
+                            room_id,
+                            body: req.body,
+                            client_msg_id: req.client_msg_id,
+                            deliver_at: req.deliver_at,
+                        },
+                    )
+                    .await
+                }
+                .await;
+                match result {
+                    Ok(SendOutcome::Sent { message, created: true }) => respond(StatusCode::CREATED, Ok(message)),
+                    Ok(SendOutcome::Sent {
+                        message,
+                        created: false,
+                    }) => respond(StatusCode::OK, Ok(message)),
+                    Ok(SendOutcome::Scheduled { scheduled, .. }) => {
+                        respond(StatusCode::ACCEPTED, Ok(json!({"scheduled": scheduled})))
+                    }
+                    Err(e) => error_response(&e),
+                }
+            },
+        )
         .boxed();
 
     healthz
@@ -471,16 +500,33 @@ async fn rejection(r: Rejection) -> Result<Response, Infallible> {
     let (status, code, message) = if r.is_not_found() {
         (StatusCode::NOT_FOUND, "not_found", "no such route".to_string())
     } else if r.find::<warp::reject::PayloadTooLarge>().is_some() {
-        (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large", "request body is too large".to_string())
+        (
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "payload_too_large",
+            "request body is too large".to_string(),
+        )
     } else if r.find::<warp::reject::LengthRequired>().is_some() {
-        (StatusCode::LENGTH_REQUIRED, "length_required", "a Content-Length header is required".to_string())
+        (
+            StatusCode::LENGTH_REQUIRED,
+            "length_required",
+            "a Content-Length header is required".to_string(),
+        )
     } else if r.find::<warp::reject::MethodNotAllowed>().is_some() {
-        (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "method not allowed on this route".to_string())
+        (
+            StatusCode::METHOD_NOT_ALLOWED,
+            "method_not_allowed",
+            "method not allowed on this route".to_string(),
+        )
     } else if let Some(e) = r.find::<warp::reject::InvalidHeader>() {
         (StatusCode::BAD_REQUEST, "invalid_request", e.to_string())
     } else {
         (StatusCode::BAD_REQUEST, "invalid_request", format!("{r:?}"))
     };
-    let body = ErrorBody { error: ErrorObject { code: code.to_string(), message } };
+    let body = ErrorBody {
+        error: ErrorObject {
+            code: code.to_string(),
+            message,
+        },
+    };
     Ok(warp::reply::with_status(warp::reply::json(&body), status).into_response())
 }

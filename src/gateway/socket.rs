@@ -52,7 +52,11 @@ pub struct SessionEnded;
 pub fn register(io: &SocketIo, svc: ChatService) {
     let middleware = move |s: SocketRef, TryData(auth): TryData<ConnectAuth>| {
         let svc = svc.clone();
-        async move { prepare(s, svc, auth.ok().and_then(|a| a.token)).await.map_err(|e| ConnectRefusal(e.body())) }
+        async move {
+            prepare(s, svc, auth.ok().and_then(|a| a.token))
+                .await
+                .map_err(|e| ConnectRefusal(e.body()))
+        }
     };
     let on_connect = |s: SocketRef| async move {
         metrics::gauge!("coolchat_sockets_connected").increment(1.0);
@@ -195,80 +199,98 @@ struct SyncEvent {
 /// Every client event: parse, call the service, ack.
 fn register_events(s: &SocketRef, svc: &ChatService) {
     let svc1 = svc.clone();
-    s.on("message:send", move |s: SocketRef, TryData(data): TryData<Value>, ack: AckSender| {
-        let svc = svc1.clone();
-        async move {
-            let result = async {
-                let who = caller(&s, &svc).await?;
-                let req: SendRequest = parse(data)?;
-                if req.room_id.is_empty() {
-                    return Err(Error::InvalidRequest("room_id is required".into()));
+    s.on(
+        "message:send",
+        move |s: SocketRef, TryData(data): TryData<Value>, ack: AckSender| {
+            let svc = svc1.clone();
+            async move {
+                let result = async {
+                    let who = caller(&s, &svc).await?;
+                    let req: SendRequest = parse(data)?;
+                    if req.room_id.is_empty() {
+                        return Err(Error::InvalidRequest("room_id is required".into()));
+                    }
+                    svc.send(&who, req).await
                 }
-                svc.send(&who, req).await
+                .await;
+                reply(
+                    ack,
+                    match result {
+                        Ok(SendOutcome::Sent { message, .. }) => json!({"ok": true, "message": message}),
+                        Ok(SendOutcome::Scheduled { scheduled, .. }) => json!({"ok": true, "scheduled": scheduled}),
+                        Err(e) => nack(&e),
+                    },
+                );
             }
-            .await;
-            reply(
-                ack,
-                match result {
-                    Ok(SendOutcome::Sent { message, .. }) => json!({"ok": true, "message": message}),
-                    Ok(SendOutcome::Scheduled { scheduled, .. }) => json!({"ok": true, "scheduled": scheduled}),
-                    Err(e) => nack(&e),
-                },
-            );
-        }
-    });
+        },
+    );
 
     let svc2 = svc.clone();
-    s.on("sync", move |s: SocketRef, TryData(data): TryData<Value>, ack: AckSender| {
-        let svc = svc2.clone();
-        async move {
-            let result = async {
-                let who = caller(&s, &svc).await?;
-                let req: SyncEvent = parse(data)?;
-                svc.sync(&who, &req.cursors).await
+    s.on(
+        "sync",
+        move |s: SocketRef, TryData(data): TryData<Value>, ack: AckSender| {
+            let svc = svc2.clone();
+            async move {
+                let result = async {
+                    let who = caller(&s, &svc).await?;
+                    let req: SyncEvent = parse(data)?;
+                    svc.sync(&who, &req.cursors).await
+                }
+                .await;
+                reply(
+                    ack,
+                    match result {
+                        Ok(r) => json!({"ok": true, "messages": r.messages, "has_more": r.has_more}),
+                        Err(e) => nack(&e),
+                    },
+                );
             }
-            .await;
-            reply(
-                ack,
-                match result {
-                    Ok(r) => json!({"ok": true, "messages": r.messages, "has_more": r.has_more}),
-                    Err(e) => nack(&e),
-                },
-            );
-        }
-    });
+        },
+    );
 
     let svc3 = svc.clone();
-    s.on("typing", move |s: SocketRef, TryData(data): TryData<Value>, ack: AckSender| {
-        let svc = svc3.clone();
-        async move {
-            let result = async {
-                let who = caller(&s, &svc).await?;
-                let req: TypingEvent = parse(data)?;
-                svc.typing(&who, &req.room_id, req.active).await
+    s.on(
+        "typing",
+        move |s: SocketRef, TryData(data): TryData<Value>, ack: AckSender| {
+            let svc = svc3.clone();
+            async move {
+                let result = async {
+                    let who = caller(&s, &svc).await?;
+                    let req: TypingEvent = parse(data)?;
+                    svc.typing(&who, &req.room_id, req.active).await
+                }
+                .await;
+                reply(
+                    ack,
+                    match result {
+                        Ok(()) => json!({"ok": true}),
+                        Err(e) => nack(&e),
+                    },
+                );
             }
-            .await;
-            reply(ack, match result {
-                Ok(()) => json!({"ok": true}),
-                Err(e) => nack(&e),
-            });
-        }
-    });
+        },
+    );
 
     let svc4 = svc.clone();
-    s.on("read", move |s: SocketRef, TryData(data): TryData<Value>, ack: AckSender| {
-        let svc = svc4.clone();
-        async move {
-            let result = async {
-                let who = caller(&s, &svc).await?;
-                let req: ReadEvent = parse(data)?;
-                svc.read(&who, &req.room_id, req.seq).await
+    s.on(
+        "read",
+        move |s: SocketRef, TryData(data): TryData<Value>, ack: AckSender| {
+            let svc = svc4.clone();
+            async move {
+                let result = async {
+                    let who = caller(&s, &svc).await?;
+                    let req: ReadEvent = parse(data)?;
+                    svc.read(&who, &req.room_id, req.seq).await
+                }
+                .await;
+                reply(
+                    ack,
+                    match result {
+                        Ok(seq) => json!({"ok": true, "seq": seq}),
+                        Err(e) => nack(&e),
+                    },
+                );
             }
-            .await;
-            reply(ack, match result {
-                Ok(seq) => json!({"ok": true, "seq": seq}),
-                Err(e) => nack(&e),
-            });
-        }
-    });
+        },
+    );
 }

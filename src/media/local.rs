@@ -23,7 +23,9 @@ impl LocalMediaStore {
     }
 
     fn path_of(&self, id: &str) -> Result<PathBuf> {
-        let valid = !id.is_empty() && id.len() <= 128 && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+        let valid = !id.is_empty()
+            && id.len() <= 128
+            && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
         if !valid {
             return Err(Error::InvalidRequest("invalid media id".into()));
         }
@@ -40,7 +42,10 @@ impl MediaStore for LocalMediaStore {
     }
 
     async fn ping(&self) -> Result<()> {
-        tokio::fs::metadata(&self.root).await.map(|_| ()).map_err(Error::backend)
+        tokio::fs::metadata(&self.root)
+            .await
+            .map(|_| ())
+            .map_err(Error::backend)
     }
 
     async fn put(&self, id: &str, mut body: ByteStream, max_bytes: u64) -> Result<u64> {
@@ -53,7 +58,10 @@ impl MediaStore for LocalMediaStore {
                 let chunk = chunk.map_err(|e| Error::InvalidRequest(format!("upload interrupted: {e}")))?;
                 size += chunk.len() as u64;
                 if size > max_bytes {
-                    return Err(Error::PayloadTooLarge { what: "upload", limit: max_bytes as usize });
+                    return Err(Error::PayloadTooLarge {
+                        what: "upload",
+                        limit: max_bytes as usize,
+                    });
                 }
                 file.write_all(&chunk).await.map_err(Error::backend)?;
             }
@@ -107,15 +115,24 @@ mod tests {
     async fn round_trip_limit_and_traversal() {
         let dir = tempfile::tempdir().unwrap();
         let store = LocalMediaStore::new(dir.path().to_path_buf()).unwrap();
-        assert_eq!(store.put("abc123", body(vec![b"hello ", b"world"]), 100).await.unwrap(), 11);
+        assert_eq!(
+            store.put("abc123", body(vec![b"hello ", b"world"]), 100).await.unwrap(),
+            11
+        );
         let (stream, size) = store.get("abc123").await.unwrap().unwrap();
         assert_eq!(size, 11);
         let bytes: Vec<Bytes> = stream.map(|c| c.unwrap()).collect().await;
         assert_eq!(bytes.concat(), b"hello world");
-        let err = store.put("big", body(vec![b"0123456789", b"0123456789"]), 15).await.unwrap_err();
+        let err = store
+            .put("big", body(vec![b"0123456789", b"0123456789"]), 15)
+            .await
+            .unwrap_err();
         assert_eq!(err.code(), "payload_too_large");
         assert!(store.get("big").await.unwrap().is_none());
-        assert_eq!(store.put("../etc", body(vec![b"x"]), 10).await.unwrap_err().code(), "invalid_request");
+        assert_eq!(
+            store.put("../etc", body(vec![b"x"]), 10).await.unwrap_err().code(),
+            "invalid_request"
+        );
         assert!(store.delete("abc123").await.unwrap());
         assert!(!store.delete("abc123").await.unwrap());
     }

@@ -22,7 +22,12 @@ pub struct InProcessQueue {
 
 impl InProcessQueue {
     pub fn new(handler: Arc<dyn JobHandler>, capacity: usize, timeout: Duration) -> Self {
-        InProcessQueue { handler, permits: Arc::new(Semaphore::new(capacity)), capacity, timeout }
+        InProcessQueue {
+            handler,
+            permits: Arc::new(Semaphore::new(capacity)),
+            capacity,
+            timeout,
+        }
     }
 }
 
@@ -37,7 +42,11 @@ impl SendQueue for InProcessQueue {
     }
 
     async fn submit(&self, job: SendJob) -> Result<Option<Appended>> {
-        let permit = self.permits.clone().try_acquire_owned().map_err(|_| Error::Overloaded)?;
+        let permit = self
+            .permits
+            .clone()
+            .try_acquire_owned()
+            .map_err(|_| Error::Overloaded)?;
         let handler = self.handler.clone();
         // The job runs in its own task so that a sender who gives up (timeout, disconnect)
         // never cancels a write half-way; the store finishes it and idempotence covers retries.
@@ -49,7 +58,9 @@ impl SendQueue for InProcessQueue {
         match tokio::time::timeout(self.timeout, task).await {
             Ok(Ok(result)) => result,
             Ok(Err(join)) => Err(Error::internal(format!("send job failed: {join}"))),
-            Err(_) => Err(Error::Backend("the send was not persisted in time; retry with the same client_msg_id".into())),
+            Err(_) => Err(Error::Backend(
+                "the send was not persisted in time; retry with the same client_msg_id".into(),
+            )),
         }
     }
 

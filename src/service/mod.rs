@@ -49,7 +49,13 @@ struct Inner {
 impl ChatService {
     /// `origin` is the public origin SIWE messages must name (resolved after binding).
     pub fn new(backends: Backends, config: Config, origin: PublicOrigin) -> Self {
-        ChatService { inner: Arc::new(Inner { backends, config, origin }) }
+        ChatService {
+            inner: Arc::new(Inner {
+                backends,
+                config,
+                origin,
+            }),
+        }
     }
 
     pub fn config(&self) -> &Config {
@@ -78,7 +84,10 @@ impl ChatService {
 
     fn limits(&self) -> MembershipLimits {
         let l = &self.inner.config.limits;
-        MembershipLimits { max_room_members: l.max_room_members, max_rooms_per_user: l.max_rooms_per_user }
+        MembershipLimits {
+            max_room_members: l.max_room_members,
+            max_rooms_per_user: l.max_rooms_per_user,
+        }
     }
 
     // --- sign-in and sessions ------------------------------------------------------------
@@ -86,7 +95,10 @@ impl ChatService {
     /// Issues a single-use SIWE nonce. `client_key` (the peer IP) is rate-limited.
     pub async fn issue_nonce(&self, client_key: &str) -> Result<NonceGrant> {
         let auth = &self.inner.config.auth;
-        let limit = RateLimit { per_second: f64::from(auth.nonce_requests_per_minute) / 60.0, burst: auth.nonce_requests_per_minute };
+        let limit = RateLimit {
+            per_second: f64::from(auth.nonce_requests_per_minute) / 60.0,
+            burst: auth.nonce_requests_per_minute,
+        };
         if let Some(wait) = self.state().rate_limit(&format!("nonce:{client_key}"), limit).await? {
             return Err(Error::RateLimited { retry_after: wait });
         }
@@ -124,21 +136,38 @@ impl ChatService {
         let token = token::new_token();
         let expires_at = now + Duration::from_secs(auth.session_ttl_secs);
         self.store()
-            .create_session(Session { token_hash: token::hash_token(&token), address: verified.address, created_at: now, expires_at, revoked_at: None })
+            .create_session(Session {
+                token_hash: token::hash_token(&token),
+                address: verified.address,
+                created_at: now,
+                expires_at,
+                revoked_at: None,
+            })
             .await?;
         metrics::counter!("coolchat_sign_ins_total").increment(1);
         tracing::info!(address = %verified.address, "signed in");
-        Ok(SignedIn { token, address: verified.address, expires_at })
+        Ok(SignedIn {
+            token,
+            address: verified.address,
+            expires_at,
+        })
     }
 
     /// Resolves a bearer token to the caller, refusing unknown, revoked, expired and banned.
     pub async fn authenticate(&self, bearer: Option<&str>) -> Result<Identity> {
-        let bearer = bearer.map(str::trim).filter(|t| !t.is_empty()).ok_or(Error::MissingToken)?;
+        let bearer = bearer
+            .map(str::trim)
+            .filter(|t| !t.is_empty())
+            .ok_or(Error::MissingToken)?;
         if !token::looks_like_token(bearer) {
             return Err(Error::InvalidToken);
         }
         let token_hash = token::hash_token(bearer);
-        let session = self.store().get_session(&token_hash).await?.ok_or(Error::InvalidToken)?;
+        let session = self
+            .store()
+            .get_session(&token_hash)
+            .await?
+            .ok_or(Error::InvalidToken)?;
         let now = model::now_ms();
         if session.revoked_at.is_some() {
             return Err(Error::TokenRevoked);
@@ -147,12 +176,20 @@ impl ChatService {
             return Err(Error::TokenExpired);
         }
         self.check_not_banned(session.address, now).await?;
-        Ok(Identity { address: session.address, token_hash, expires_at: session.expires_at })
+        Ok(Identity {
+            address: session.address,
+            token_hash,
+            expires_at: session.expires_at,
+        })
     }
 
     /// Re-validates an identity resolved earlier (e.g. at socket connect).
     pub async fn recheck(&self, who: &Identity) -> Result<()> {
-        let session = self.store().get_session(&who.token_hash).await?.ok_or(Error::InvalidToken)?;
+        let session = self
+            .store()
+            .get_session(&who.token_hash)
+            .await?
+            .ok_or(Error::InvalidToken)?;
         let now = model::now_ms();
         if session.revoked_at.is_some() {
             return Err(Error::TokenRevoked);
@@ -165,7 +202,9 @@ impl ChatService {
 
     async fn check_not_banned(&self, address: Address, now: OffsetDateTime) -> Result<()> {
         match self.store().get_ban(address).await? {
-            Some(ban) if ban.active_at(now) => Err(Error::Banned { until: ban.until.map(model::fmt_time) }),
+            Some(ban) if ban.active_at(now) => Err(Error::Banned {
+                until: ban.until.map(model::fmt_time),
+            }),
             _ => Ok(()),
         }
     }
@@ -173,7 +212,10 @@ impl ChatService {
     /// Revokes the caller's token and ends its live sockets on every node.
     pub async fn logout(&self, who: &Identity) -> Result<()> {
         self.store().revoke_session(&who.token_hash, model::now_ms()).await?;
-        self.bus().publish(BusEvent::SessionsEnded { token_hashes: vec![who.token_hash.clone()], reason: EndReason::LoggedOut })?;
+        self.bus().publish(BusEvent::SessionsEnded {
+            token_hashes: vec![who.token_hash.clone()],
+            reason: EndReason::LoggedOut,
+        })?;
         Ok(())
     }
 
@@ -190,10 +232,14 @@ impl ChatService {
         let name = name.map(|n| n.trim().to_string()).filter(|n| !n.is_empty());
         if let Some(n) = &name {
             if n.chars().count() > max {
-                return Err(Error::InvalidRequest(format!("display_name is longer than {max} characters")));
+                return Err(Error::InvalidRequest(format!(
+                    "display_name is longer than {max} characters"
+                )));
             }
             if n.chars().any(char::is_control) {
-                return Err(Error::InvalidRequest("display_name must not contain control characters".into()));
+                return Err(Error::InvalidRequest(
+                    "display_name must not contain control characters".into(),
+                ));
             }
         }
         let user = self.store().set_display_name(who.address, name).await?;
@@ -207,18 +253,30 @@ impl ChatService {
         let name = name.trim();
         let max = self.inner.config.limits.max_room_name_chars;
         if name.is_empty() || name.chars().count() > max || name.chars().any(char::is_control) {
-            return Err(Error::InvalidRequest(format!("name must be 1 to {max} printable characters")));
+            return Err(Error::InvalidRequest(format!(
+                "name must be 1 to {max} printable characters"
+            )));
         }
         let mut all: BTreeSet<Address> = members.iter().copied().collect();
         all.insert(who.address);
         let room = self
             .store()
             .create_room(
-                NewRoom { id: model::new_id(), name: Some(name.to_string()), created_by: who.address, members: all.into_iter().collect(), created_at: model::now_ms() },
+                NewRoom {
+                    id: model::new_id(),
+                    name: Some(name.to_string()),
+                    created_by: who.address,
+                    members: all.into_iter().collect(),
+                    created_at: model::now_ms(),
+                },
                 self.limits(),
             )
             .await?;
-        self.bus().publish(BusEvent::RoomChanged { room: room.clone(), added: room.members.clone(), removed: vec![] })?;
+        self.bus().publish(BusEvent::RoomChanged {
+            room: room.clone(),
+            added: room.members.clone(),
+            removed: vec![],
+        })?;
         Ok(room)
     }
 
@@ -227,9 +285,16 @@ impl ChatService {
         if other == who.address {
             return Err(Error::InvalidRequest("a direct message needs another address".into()));
         }
-        let (room, created) = self.store().get_or_create_dm(model::new_id(), who.address, other, model::now_ms(), self.limits()).await?;
+        let (room, created) = self
+            .store()
+            .get_or_create_dm(model::new_id(), who.address, other, model::now_ms(), self.limits())
+            .await?;
         if created {
-            self.bus().publish(BusEvent::RoomChanged { room: room.clone(), added: room.members.clone(), removed: vec![] })?;
+            self.bus().publish(BusEvent::RoomChanged {
+                room: room.clone(),
+                added: room.members.clone(),
+                removed: vec![],
+            })?;
         }
         Ok((room, created))
     }
@@ -251,11 +316,17 @@ impl ChatService {
     pub async fn add_member(&self, who: &Identity, room_id: &str, address: Address) -> Result<Room> {
         let room = self.room(who, room_id).await?;
         if room.kind == RoomKind::Dm {
-            return Err(Error::Forbidden("members of a direct-message room cannot change".into()));
+            return Err(Error::Forbidden(
+                "members of a direct-message room cannot change".into(),
+            ));
         }
         let change = self.store().add_member(room_id, address, self.limits()).await?;
         if change.changed {
-            self.bus().publish(BusEvent::RoomChanged { room: change.room.clone(), added: vec![address], removed: vec![] })?;
+            self.bus().publish(BusEvent::RoomChanged {
+                room: change.room.clone(),
+                added: vec![address],
+                removed: vec![],
+            })?;
         }
         Ok(change.room)
     }
@@ -264,28 +335,48 @@ impl ChatService {
     pub async fn remove_member(&self, who: &Identity, room_id: &str, address: Address) -> Result<Room> {
         let room = self.room(who, room_id).await?;
         if room.kind == RoomKind::Dm {
-            return Err(Error::Forbidden("members of a direct-message room cannot change".into()));
+            return Err(Error::Forbidden(
+                "members of a direct-message room cannot change".into(),
+            ));
         }
         if address != who.address && room.created_by != who.address {
-            return Err(Error::Forbidden("only the room's creator may remove other members".into()));
+            return Err(Error::Forbidden(
+                "only the room's creator may remove other members".into(),
+            ));
         }
         let (room, was_member) = self.store().remove_member(room_id, address).await?;
         if !was_member {
             return Err(Error::InvalidRequest(format!("{address} is not a member of this room")));
         }
-        self.bus().publish(BusEvent::RoomChanged { room: room.clone(), added: vec![], removed: vec![address] })?;
+        self.bus().publish(BusEvent::RoomChanged {
+            room: room.clone(),
+            added: vec![],
+            removed: vec![address],
+        })?;
         Ok(room)
     }
 
     /// Room ids of an address (for subscribing a new socket).
     pub async fn room_ids(&self, address: Address) -> Result<Vec<String>> {
-        Ok(self.store().room_cursors_of(address).await?.into_iter().map(|(id, _)| id).collect())
+        Ok(self
+            .store()
+            .room_cursors_of(address)
+            .await?
+            .into_iter()
+            .map(|(id, _)| id)
+            .collect())
     }
 
     // --- messages ------------------------------------------------------------------------
 
     /// One page of history. `limit` is clamped to the configured maximum.
-    pub async fn history(&self, who: &Identity, room_id: &str, page: HistoryPage, limit: Option<usize>) -> Result<HistoryResult> {
+    pub async fn history(
+        &self,
+        who: &Identity,
+        room_id: &str,
+        page: HistoryPage,
+        limit: Option<usize>,
+    ) -> Result<HistoryResult> {
         self.room(who, room_id).await?;
         let max = self.inner.config.limits.max_history_page;
         let limit = limit.unwrap_or(50).clamp(1, max);
@@ -299,22 +390,35 @@ impl ChatService {
     pub async fn send(&self, who: &Identity, req: SendRequest) -> Result<SendOutcome> {
         let limits = &self.inner.config.limits;
         if req.client_msg_id.is_empty() || req.client_msg_id.len() > limits.max_client_msg_id_bytes {
-            return Err(Error::InvalidRequest(format!("client_msg_id must be 1 to {} bytes", limits.max_client_msg_id_bytes)));
+            return Err(Error::InvalidRequest(format!(
+                "client_msg_id must be 1 to {} bytes",
+                limits.max_client_msg_id_bytes
+            )));
         }
         if req.body.len() > limits.max_body_bytes {
-            return Err(Error::PayloadTooLarge { what: "message body", limit: limits.max_body_bytes });
+            return Err(Error::PayloadTooLarge {
+                what: "message body",
+                limit: limits.max_body_bytes,
+            });
         }
         if req.body.trim().is_empty() {
             return Err(Error::InvalidRequest("body must not be empty".into()));
         }
         // A retry is answered from the store before any limit applies: retrying must never be
         // what gets a client rate-limited, and never creates a second message.
-        if let Some(existing) = self.store().find_by_client_msg_id(who.address, &req.client_msg_id).await? {
+        if let Some(existing) = self
+            .store()
+            .find_by_client_msg_id(who.address, &req.client_msg_id)
+            .await?
+        {
             // A tombstone answers its retries as itself (its body is gone, so no comparison).
             if !existing.deleted && (existing.room_id != req.room_id || existing.body != req.body) {
                 return Err(Error::IdempotencyConflict);
             }
-            return Ok(SendOutcome::Sent { message: existing, created: false });
+            return Ok(SendOutcome::Sent {
+                message: existing,
+                created: false,
+            });
         }
         let now = model::now_ms();
         let deliver_at = match &req.deliver_at {
@@ -323,7 +427,10 @@ impl ChatService {
                 let at = OffsetDateTime::parse(text, &time::format_description::well_known::Rfc3339)
                     .map_err(|_| Error::InvalidRequest("deliver_at must be an RFC 3339 time".into()))?;
                 if at > now + Duration::from_secs(limits.max_schedule_ahead_secs) {
-                    return Err(Error::InvalidRequest(format!("deliver_at is more than {} seconds ahead", limits.max_schedule_ahead_secs)));
+                    return Err(Error::InvalidRequest(format!(
+                        "deliver_at is more than {} seconds ahead",
+                        limits.max_schedule_ahead_secs
+                    )));
                 }
                 // A time already past is simply sent now.
                 (at > now).then_some(at)
@@ -333,10 +440,20 @@ impl ChatService {
             if existing.room_id != req.room_id || existing.body != req.body {
                 return Err(Error::IdempotencyConflict);
             }
-            return Ok(SendOutcome::Scheduled { scheduled: existing, created: false });
+            return Ok(SendOutcome::Scheduled {
+                scheduled: existing,
+                created: false,
+            });
         }
-        let limit = RateLimit { per_second: limits.messages_per_second, burst: limits.message_burst };
-        if let Some(wait) = self.state().rate_limit(&format!("send:{}", who.address.to_lower_hex()), limit).await? {
+        let limit = RateLimit {
+            per_second: limits.messages_per_second,
+            burst: limits.message_burst,
+        };
+        if let Some(wait) = self
+            .state()
+            .rate_limit(&format!("send:{}", who.address.to_lower_hex()), limit)
+            .await?
+        {
             metrics::counter!("coolchat_rate_limited_total", "what" => "send").increment(1);
             return Err(Error::RateLimited { retry_after: wait });
         }
@@ -350,7 +467,10 @@ impl ChatService {
                 deliver_at: model::from_unix_ms(model::to_unix_ms(at)),
                 created_at: now,
             };
-            let (scheduled, created) = self.store().schedule_message(scheduled, limits.max_scheduled_per_user).await?;
+            let (scheduled, created) = self
+                .store()
+                .schedule_message(scheduled, limits.max_scheduled_per_user)
+                .await?;
             return Ok(SendOutcome::Scheduled { scheduled, created });
         }
         let job = SendJob::Append(NewMessage {
@@ -362,8 +482,17 @@ impl ChatService {
             created_at: now,
             media: vec![],
         });
-        let appended = self.inner.backends.queue.submit(job).await?.ok_or_else(|| Error::internal("append returned nothing"))?;
-        Ok(SendOutcome::Sent { message: appended.message, created: appended.created })
+        let appended = self
+            .inner
+            .backends
+            .queue
+            .submit(job)
+            .await?
+            .ok_or_else(|| Error::internal("append returned nothing"))?;
+        Ok(SendOutcome::Sent {
+            message: appended.message,
+            created: appended.created,
+        })
     }
 
     /// Everything after the caller's cursors, across all their rooms, paged.
@@ -382,7 +511,10 @@ impl ChatService {
                 has_more = true;
                 break;
             }
-            let batch = self.store().history(&room_id, HistoryPage::After(after), room_left).await?;
+            let batch = self
+                .store()
+                .history(&room_id, HistoryPage::After(after), room_left)
+                .await?;
             let last_in_batch = batch.last().map_or(after, |m| m.seq);
             messages.extend(batch);
             if last_in_batch < last_seq {
@@ -397,8 +529,15 @@ impl ChatService {
 
     async fn check_signal_rate(&self, who: &Identity) -> Result<()> {
         let l = &self.inner.config.limits;
-        let limit = RateLimit { per_second: l.signals_per_second, burst: (l.signals_per_second * 2.0).ceil() as u32 };
-        match self.state().rate_limit(&format!("signal:{}", who.address.to_lower_hex()), limit).await? {
+        let limit = RateLimit {
+            per_second: l.signals_per_second,
+            burst: (l.signals_per_second * 2.0).ceil() as u32,
+        };
+        match self
+            .state()
+            .rate_limit(&format!("signal:{}", who.address.to_lower_hex()), limit)
+            .await?
+        {
             Some(wait) => Err(Error::RateLimited { retry_after: wait }),
             None => Ok(()),
         }
@@ -413,7 +552,11 @@ impl ChatService {
                 Some(_) => Error::NotMember,
             });
         }
-        self.bus().publish(BusEvent::Typing { room_id: room_id.to_string(), address: who.address, active })
+        self.bus().publish(BusEvent::Typing {
+            room_id: room_id.to_string(),
+            address: who.address,
+            active,
+        })
     }
 
     /// Records a read receipt; returns the stored marker (never decreases).
@@ -421,11 +564,18 @@ impl ChatService {
         self.check_signal_rate(who).await?;
         let room = self.room(who, room_id).await?;
         if seq < 0 || seq > room.last_seq {
-            return Err(Error::InvalidRequest(format!("seq must be between 0 and the room's last_seq ({})", room.last_seq)));
+            return Err(Error::InvalidRequest(format!(
+                "seq must be between 0 and the room's last_seq ({})",
+                room.last_seq
+            )));
         }
         let stored = self.store().set_read_marker(room_id, who.address, seq).await?;
         if stored == seq {
-            self.bus().publish(BusEvent::Read { room_id: room_id.to_string(), address: who.address, seq })?;
+            self.bus().publish(BusEvent::Read {
+                room_id: room_id.to_string(),
+                address: who.address,
+                seq,
+            })?;
         }
         Ok(stored)
     }
@@ -437,7 +587,11 @@ impl ChatService {
         let max = self.inner.config.limits.max_sockets_per_user;
         if self.state().presence_connect(who.address, connection_id, max).await? {
             let rooms = self.room_ids(who.address).await?;
-            self.bus().publish(BusEvent::Presence { address: who.address, online: true, rooms })?;
+            self.bus().publish(BusEvent::Presence {
+                address: who.address,
+                online: true,
+                rooms,
+            })?;
         }
         Ok(())
     }
@@ -445,7 +599,11 @@ impl ChatService {
     pub async fn disconnected(&self, who: &Identity, connection_id: &str) -> Result<()> {
         if self.state().presence_disconnect(who.address, connection_id).await? {
             let rooms = self.room_ids(who.address).await?;
-            self.bus().publish(BusEvent::Presence { address: who.address, online: false, rooms })?;
+            self.bus().publish(BusEvent::Presence {
+                address: who.address,
+                online: false,
+                rooms,
+            })?;
         }
         Ok(())
     }

@@ -113,7 +113,14 @@ pub trait Store: Send + Sync + 'static {
     // --- rooms ---------------------------------------------------------------------------
     async fn create_room(&self, room: NewRoom, limits: MembershipLimits) -> Result<Room>;
     /// The one DM room of a pair (created on first use). Returns `(room, created)`.
-    async fn get_or_create_dm(&self, id_if_new: String, a: Address, b: Address, now: OffsetDateTime, limits: MembershipLimits) -> Result<(Room, bool)>;
+    async fn get_or_create_dm(
+        &self,
+        id_if_new: String,
+        a: Address,
+        b: Address,
+        now: OffsetDateTime,
+        limits: MembershipLimits,
+    ) -> Result<(Room, bool)>;
     async fn get_room(&self, room_id: &str) -> Result<Option<Room>>;
     /// The rooms an address belongs to, sorted by id.
     async fn rooms_of(&self, address: Address) -> Result<Vec<Room>>;
@@ -136,7 +143,11 @@ pub trait Store: Send + Sync + 'static {
     // --- scheduled messages --------------------------------------------------------------
     /// Idempotent on `(sender, client_msg_id)`, like `append_message`. Returns `(scheduled,
     /// created)`; fails with `Forbidden` past `max_per_user` pending.
-    async fn schedule_message(&self, message: ScheduledMessage, max_per_user: usize) -> Result<(ScheduledMessage, bool)>;
+    async fn schedule_message(
+        &self,
+        message: ScheduledMessage,
+        max_per_user: usize,
+    ) -> Result<(ScheduledMessage, bool)>;
     async fn find_scheduled(&self, sender: Address, client_msg_id: &str) -> Result<Option<ScheduledMessage>>;
     /// Scheduled messages due at `now`, oldest first.
     async fn due_scheduled(&self, now: OffsetDateTime, limit: usize) -> Result<Vec<ScheduledMessage>>;

@@ -1061,7 +1061,9 @@ fn deliver_tx(conn: &Connection, id: &str, now: OffsetDateTime) -> Result<Result
     if let Some(until) = banned_until
         && until.is_none_or(|u| u > model::to_unix_ms(now))
     {
-        return Ok(Err(Error::Banned { until: until.map(|u| model::fmt_time(model::from_unix_ms(u))) }));
+        return Ok(Err(Error::Banned {
+            until: until.map(|u| model::fmt_time(model::from_unix_ms(u))),
+        }));
     }
     let message = NewMessage {
         id: entry.id,
