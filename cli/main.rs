@@ -123,12 +123,12 @@ async fn worker(opts: CommonOpts) -> Result<ExitCode> {
         Ok(c) => c,
         Err(code) => return Ok(code),
     };
-    if config.queue.backend == "inprocess" {
-        eprintln!(
-            "error: queue.backend is `inprocess`: the worker runs inside `coolchat serve` in embedded mode.\n\
-             A separate worker needs a broker backend (queue.backend = \"rabbitmq\")."
-        );
-        return Ok(ExitCode::from(2));
-    }
-    Ok(ExitCode::SUCCESS)
+    // Validation admits only the in-process queue today; a broker backend (RabbitMQ) brings the
+    // consumer loop here: the same `worker::Processor` and `run_scheduler` that `serve` runs.
+    eprintln!(
+        "error: queue.backend is `{}`: the worker runs inside `coolchat serve` in embedded mode.\n\
+         A separate worker needs a broker backend (queue.backend = \"rabbitmq\"), which this release does not include yet.",
+        config.queue.backend
+    );
+    Ok(ExitCode::from(2))
 }

@@ -162,7 +162,16 @@ impl ChatService {
         if !token::looks_like_token(bearer) {
             return Err(Error::InvalidToken);
         }
-        let token_hash = token::hash_token(bearer);
+        self.session_identity(token::hash_token(bearer)).await
+    }
+
+    /// Re-validates an identity resolved earlier (e.g. at socket connect).
+    pub async fn recheck(&self, who: &Identity) -> Result<()> {
+        self.session_identity(who.token_hash.clone()).await.map(|_| ())
+    }
+
+    /// The live session behind a token hash, refusing unknown, revoked, expired and banned.
+    async fn session_identity(&self, token_hash: String) -> Result<Identity> {
         let session = self
             .store()
             .get_session(&token_hash)
@@ -181,23 +190,6 @@ impl ChatService {
             token_hash,
             expires_at: session.expires_at,
         })
-    }
-
-    /// Re-validates an identity resolved earlier (e.g. at socket connect).
-    pub async fn recheck(&self, who: &Identity) -> Result<()> {
-        let session = self
-            .store()
-            .get_session(&who.token_hash)
-            .await?
-            .ok_or(Error::InvalidToken)?;
-        let now = model::now_ms();
-        if session.revoked_at.is_some() {
-            return Err(Error::TokenRevoked);
-        }
-        if session.expires_at <= now {
-            return Err(Error::TokenExpired);
-        }
-        self.check_not_banned(session.address, now).await
     }
 
     async fn check_not_banned(&self, address: Address, now: OffsetDateTime) -> Result<()> {
