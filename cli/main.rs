@@ -3,6 +3,7 @@
 //! 2 usage or configuration).
 
 mod admin;
+mod bench;
 mod serve;
 
 use anyhow::Result;
@@ -49,15 +50,7 @@ enum Command {
     )]
     Admin(admin::AdminArgs),
     /// Load generator: real SIWE logins and Socket.IO clients against a running node.
-    #[command(after_help = "Examples:\n  coolchat bench --url http://127.0.0.1:8080")]
-    Bench(BenchArgs),
-}
-
-#[derive(Args)]
-struct BenchArgs {
-    /// Origin of the node or of nginx in front of it.
-    #[arg(long, default_value = "http://127.0.0.1:8080")]
-    url: String,
+    Bench(bench::BenchArgs),
 }
 
 fn main() -> ExitCode {
@@ -75,10 +68,7 @@ fn main() -> ExitCode {
             Command::Migrate(opts) => migrate(opts).await,
             Command::Worker(opts) => worker(opts).await,
             Command::Admin(args) => admin::run(args).await,
-            Command::Bench(_) => {
-                eprintln!("error: this subcommand is not available in this release yet");
-                Ok(ExitCode::from(2))
-            }
+            Command::Bench(args) => bench::run(args).await,
         }
     });
     match result {

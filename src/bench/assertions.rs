@@ -73,25 +73,42 @@ impl FromStr for Assertion {
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         let t = s.trim();
-        let name_len = t.bytes().take_while(|b| b.is_ascii_alphanumeric() || *b == b'_').count();
+        let name_len = t
+            .bytes()
+            .take_while(|b| b.is_ascii_alphanumeric() || *b == b'_')
+            .count();
         let name = &t[..name_len];
         if name.is_empty() {
             return Err(format!("`{s}`: expected `name op number`, e.g. \"p99_ms<50\""));
         }
         let rest = t[name_len..].trim_start();
-        let (op, rest) = [("<=", Op::Le), (">=", Op::Ge), ("==", Op::Eq), ("<", Op::Lt), (">", Op::Gt)]
-            .into_iter()
-            .find_map(|(text, op)| rest.strip_prefix(text).map(|r| (op, r)))
-            .ok_or_else(|| format!("`{s}`: expected one of < <= > >= == after `{name}`"))?;
+        let (op, rest) = [
+            ("<=", Op::Le),
+            (">=", Op::Ge),
+            ("==", Op::Eq),
+            ("<", Op::Lt),
+            (">", Op::Gt),
+        ]
+        .into_iter()
+        .find_map(|(text, op)| rest.strip_prefix(text).map(|r| (op, r)))
+        .ok_or_else(|| format!("`{s}`: expected one of < <= > >= == after `{name}`"))?;
         let number = rest.trim();
-        let value: f64 = number.parse().map_err(|_| format!("`{s}`: `{number}` is not a number"))?;
+        let value: f64 = number
+            .parse()
+            .map_err(|_| format!("`{s}`: `{number}` is not a number"))?;
         if !value.is_finite() {
             return Err(format!("`{s}`: `{number}` is not a finite number"));
         }
         if !is_figure(name) {
-            return Err(format!("`{s}`: unknown figure `{name}` (see `coolchat bench --help` or docs/BENCH.md)"));
+            return Err(format!(
+                "`{s}`: unknown figure `{name}` (see `coolchat bench --help` or docs/BENCH.md)"
+            ));
         }
-        Ok(Assertion { name: name.to_string(), op, value })
+        Ok(Assertion {
+            name: name.to_string(),
+            op,
+            value,
+        })
     }
 }
 
@@ -107,7 +124,11 @@ pub struct Verdict {
 impl Assertion {
     pub fn check(&self, figures: &BTreeMap<String, f64>) -> Verdict {
         let actual = figures.get(&self.name).copied();
-        Verdict { assertion: self.to_string(), actual, pass: actual.is_some_and(|a| self.op.holds(a, self.value)) }
+        Verdict {
+            assertion: self.to_string(),
+            actual,
+            pass: actual.is_some_and(|a| self.op.holds(a, self.value)),
+        }
     }
 }
 
@@ -127,7 +148,12 @@ mod tests {
             ("delivered_per_s>20000", "delivered_per_s", Op::Gt, 20000.0),
             (" p50_ms <= 1.5 ", "p50_ms", Op::Le, 1.5),
             ("duplicated>=0", "duplicated", Op::Ge, 0.0),
-            ("server_rss_per_conn_bytes<1e5", "server_rss_per_conn_bytes", Op::Lt, 100000.0),
+            (
+                "server_rss_per_conn_bytes<1e5",
+                "server_rss_per_conn_bytes",
+                Op::Lt,
+                100000.0,
+            ),
             ("errors == -0", "errors", Op::Eq, 0.0),
         ];
         for (text, name, op, value) in cases {
@@ -138,7 +164,19 @@ mod tests {
 
     #[test]
     fn refuses_bad_input() {
-        for bad in ["", "<5", "p99_ms", "p99_ms<", "p99_ms<abc", "p99_ms=5", "p99_ms!=5", "p99_ms<NaN", "p99_ms<inf", "nope<1", "p99_ms<5ms"] {
+        for bad in [
+            "",
+            "<5",
+            "p99_ms",
+            "p99_ms<",
+            "p99_ms<abc",
+            "p99_ms=5",
+            "p99_ms!=5",
+            "p99_ms<NaN",
+            "p99_ms<inf",
+            "nope<1",
+            "p99_ms<5ms",
+        ] {
             assert!(parse(bad).is_err(), "{bad} should be refused");
         }
         let e = parse("latency_p99<5").err().unwrap_or_default();
@@ -159,7 +197,9 @@ mod tests {
         assert!(ok("lost==0"));
         assert!(!ok("lost>0"));
         // A figure the run did not produce fails.
-        let v = parse("server_cpu_pct_max<90").map(|a| a.check(&f)).unwrap_or_else(|e| panic!("{e}"));
+        let v = parse("server_cpu_pct_max<90")
+            .map(|a| a.check(&f))
+            .unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(v.actual, None);
         assert!(!v.pass);
     }

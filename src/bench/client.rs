@@ -79,7 +79,9 @@ async fn next_text(ws: &mut Ws) -> Result<Utf8Bytes, BenchError> {
     loop {
         match ws.next().await {
             Some(Ok(Message::Text(t))) => return Ok(t),
-            Some(Ok(Message::Close(_))) | None => return Err(BenchError::transport("ws_closed", "the node closed the socket")),
+            Some(Ok(Message::Close(_))) | None => {
+                return Err(BenchError::transport("ws_closed", "the node closed the socket"));
+            }
             Some(Ok(_)) => continue,
             Some(Err(e)) => return Err(BenchError::transport("ws_read", e)),
         }
@@ -87,7 +89,9 @@ async fn next_text(ws: &mut Ws) -> Result<Utf8Bytes, BenchError> {
 }
 
 async fn send_text(ws: &mut Ws, text: String) -> Result<(), BenchError> {
-    ws.send(Message::text(text)).await.map_err(|e| BenchError::transport("ws_write", e))
+    ws.send(Message::text(text))
+        .await
+        .map_err(|e| BenchError::transport("ws_write", e))
 }
 
 /// Connects user `idx` with `token`: websocket, Engine.IO open, Socket.IO CONNECT with
@@ -100,7 +104,12 @@ pub async fn handshake(ctx: &RunCtx, idx: usize, token: &str) -> Result<(Ws, u64
         match sio::parse(&frame) {
             Ok(EioPacket::Open(_)) => break,
             Ok(EioPacket::Ping(_)) => send_text(&mut ws, sio::PONG.into()).await?,
-            _ => return Err(BenchError::Protocol(format!("expected the Engine.IO open packet, got `{}`", clip(&frame)))),
+            _ => {
+                return Err(BenchError::Protocol(format!(
+                    "expected the Engine.IO open packet, got `{}`",
+                    clip(&frame)
+                )));
+            }
         }
     }
     let connect = sio::encode_connect(&json!({ "token": token })).map_err(|e| BenchError::Protocol(e.to_string()))?;
@@ -122,8 +131,8 @@ pub async fn handshake(ctx: &RunCtx, idx: usize, token: &str) -> Result<(Ws, u64
     for _ in 0..READY_ATTEMPTS {
         let id = next_ack;
         next_ack += 1;
-        let frame =
-            sio::encode_event(Some(id), "sync", &json!({"cursors": {}})).map_err(|e| BenchError::Protocol(e.to_string()))?;
+        let frame = sio::encode_event(Some(id), "sync", &json!({"cursors": {}}))
+            .map_err(|e| BenchError::Protocol(e.to_string()))?;
         send_text(&mut ws, frame).await?;
         let deadline = Instant::now() + READY_RETRY;
         loop {
@@ -141,7 +150,10 @@ pub async fn handshake(ctx: &RunCtx, idx: usize, token: &str) -> Result<(Ws, u64
                     return Err(BenchError::ConnectRefused(format!("session_end:{}", end_code(payload))));
                 }
                 Ok(EioPacket::Close | EioPacket::Message(SioPacket::Disconnect { .. })) => {
-                    return Err(BenchError::transport("ws_closed", "closed while waiting for the sync ack"));
+                    return Err(BenchError::transport(
+                        "ws_closed",
+                        "closed while waiting for the sync ack",
+                    ));
                 }
                 _ => {}
             }
@@ -163,7 +175,9 @@ fn end_code(payload: &str) -> String {
     struct End {
         code: String,
     }
-    sio::event_arg::<End>(payload).map(|e| e.code).unwrap_or_else(|_| "unknown".into())
+    sio::event_arg::<End>(payload)
+        .map(|e| e.code)
+        .unwrap_or_else(|_| "unknown".into())
 }
 
 #[derive(Serialize)]
@@ -361,8 +375,11 @@ pub async fn run(ctx: Arc<RunCtx>, plan: ClientPlan, mut ws: Ws, mut next_ack: u
         pending: Vec::new(),
         send_room: plan.send.map(|s| s.room),
     };
-    let room_id: Option<&str> =
-        plan.send.and_then(|s| ctx.rooms().get(s.room as usize)).map(|r| r.id.as_str()).filter(|id| !id.is_empty());
+    let room_id: Option<&str> = plan
+        .send
+        .and_then(|s| ctx.rooms().get(s.room as usize))
+        .map(|r| r.id.as_str())
+        .filter(|id| !id.is_empty());
 
     let mut phase = *phase_rx.borrow_and_update();
     let mut next_send = Instant::now();
@@ -384,6 +401,7 @@ pub async fn run(ctx: Arc<RunCtx>, plan: ClientPlan, mut ws: Ws, mut next_ack: u
         }
         let send_at = if sending { next_send } else { Instant::now() + far };
         tokio::select! {
+            biased;
             changed = phase_rx.changed() => {
                 if changed.is_err() {
                     break false;
@@ -419,6 +437,15 @@ pub async fn run(ctx: Arc<RunCtx>, plan: ClientPlan, mut ws: Ws, mut next_ack: u
                     sending = false;
                     continue;
                 };
+                // Counted as in flight before looking at the phase: the drain reads this
+                // counter after switching the phase, so a send either sees the switch and
+                // stays unsent, or is counted and waited for.
+                stats.c.pending_acks.fetch_add(1, Ordering::SeqCst);
+                if *phase_rx.borrow() != Phase::Running {
+                    stats.c.pending_acks.fetch_sub(1, Ordering::SeqCst);
+                    sending = false;
+                    continue;
+                }
                 conn.expire(&ctx, false);
                 let q = ctx.ledger.sent(plan.idx);
                 let sent_us = stats.now_us();
@@ -428,12 +455,12 @@ pub async fn run(ctx: Arc<RunCtx>, plan: ClientPlan, mut ws: Ws, mut next_ack: u
                 next_ack += 1;
                 let payload = SendPayload { room_id, body: &body, client_msg_id: &client_msg_id };
                 let Ok(frame) = sio::encode_event(Some(id), "message:send", &payload) else {
+                    stats.c.pending_acks.fetch_sub(1, Ordering::SeqCst);
                     ctx.ledger.failed(plan.idx, q);
                     stats.error("encode");
                     continue;
                 };
                 conn.pending.push(Pending { ack_id: id, q, sent_us });
-                stats.c.pending_acks.fetch_add(1, Ordering::Relaxed);
                 Counters::bump(&stats.c.sent);
                 if send_text(&mut ws, frame).await.is_err() {
                     break true;

@@ -27,8 +27,14 @@ pub enum Scenario {
 }
 
 impl Scenario {
-    pub const ALL: [Scenario; 6] =
-        [Scenario::Fanout, Scenario::Dm, Scenario::Connect, Scenario::Idle, Scenario::History, Scenario::Mixed];
+    pub const ALL: [Scenario; 6] = [
+        Scenario::Fanout,
+        Scenario::Dm,
+        Scenario::Connect,
+        Scenario::Idle,
+        Scenario::History,
+        Scenario::Mixed,
+    ];
 
     pub fn as_str(self) -> &'static str {
         match self {
@@ -50,10 +56,13 @@ impl Scenario {
 impl FromStr for Scenario {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        Scenario::ALL.into_iter().find(|x| x.as_str().eq_ignore_ascii_case(s)).ok_or_else(|| {
-            let names: Vec<&str> = Scenario::ALL.iter().map(|x| x.as_str()).collect();
-            format!("unknown scenario `{s}` (one of: {})", names.join(", "))
-        })
+        Scenario::ALL
+            .into_iter()
+            .find(|x| x.as_str().eq_ignore_ascii_case(s))
+            .ok_or_else(|| {
+                let names: Vec<&str> = Scenario::ALL.iter().map(|x| x.as_str()).collect();
+                format!("unknown scenario `{s}` (one of: {})", names.join(", "))
+            })
     }
 }
 
@@ -143,17 +152,22 @@ impl Default for BenchConfig {
 /// `127.0.0.1`, `127.0.0.2`, ...: `count` loopback addresses (Linux routes all of 127/8 to `lo`).
 pub fn loopback_sources(count: usize) -> Result<Vec<IpAddr>, BenchError> {
     if count == 0 || count > 65_000 {
-        return Err(BenchError::Usage("--source-ip-count must be between 1 and 65000".into()));
+        return Err(BenchError::Usage(
+            "--source-ip-count must be between 1 and 65000".into(),
+        ));
     }
     let base = u32::from(Ipv4Addr::new(127, 0, 0, 1));
-    Ok((0..count as u32).map(|i| IpAddr::V4(Ipv4Addr::from(base + i))).collect())
+    Ok((0..count as u32)
+        .map(|i| IpAddr::V4(Ipv4Addr::from(base + i)))
+        .collect())
 }
 
 impl BenchConfig {
     /// Refuses settings that cannot run, with a message naming the flag.
     pub fn validate(&self) -> Result<(), BenchError> {
         let usage = |m: String| Err(BenchError::Usage(m));
-        let url = reqwest::Url::parse(&self.url).map_err(|e| BenchError::Usage(format!("--url `{}`: {e}", self.url)))?;
+        let url =
+            reqwest::Url::parse(&self.url).map_err(|e| BenchError::Usage(format!("--url `{}`: {e}", self.url)))?;
         if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none() {
             return usage(format!("--url `{}` must be an http:// or https:// origin", self.url));
         }
@@ -178,7 +192,10 @@ impl BenchConfig {
         if self.history_page == 0 {
             return usage("--history-page must be at least 1".into());
         }
-        for (v, name) in [(self.drain_timeout_secs, "--drain-timeout"), (self.ack_timeout_secs, "--ack-timeout")] {
+        for (v, name) in [
+            (self.drain_timeout_secs, "--drain-timeout"),
+            (self.ack_timeout_secs, "--ack-timeout"),
+        ] {
             if !v.is_finite() || v < 0.0 {
                 return usage(format!("{name} must be a non-negative duration"));
             }
@@ -194,7 +211,11 @@ impl BenchConfig {
                         self.room_size
                     ));
                 }
-                let group_clients = if self.scenario == Scenario::Mixed { self.clients / 2 } else { self.clients };
+                let group_clients = if self.scenario == Scenario::Mixed {
+                    self.clients / 2
+                } else {
+                    self.clients
+                };
                 let rooms = self.group_rooms();
                 if rooms == 0 {
                     return usage(format!(
@@ -258,20 +279,44 @@ mod tests {
 
     #[test]
     fn validation() {
-        let ok = BenchConfig { clients: 100, room_size: 10, ..Default::default() };
+        let ok = BenchConfig {
+            clients: 100,
+            room_size: 10,
+            ..Default::default()
+        };
         assert!(ok.validate().is_ok());
         assert_eq!(ok.group_rooms(), 10);
-        let too_many_rooms = BenchConfig { rooms: Some(11), ..ok.clone() };
+        let too_many_rooms = BenchConfig {
+            rooms: Some(11),
+            ..ok.clone()
+        };
         assert!(too_many_rooms.validate().is_err());
-        let bad_url = BenchConfig { url: "ftp://x".into(), ..ok.clone() };
+        let bad_url = BenchConfig {
+            url: "ftp://x".into(),
+            ..ok.clone()
+        };
         assert!(bad_url.validate().is_err());
-        let bad_senders = BenchConfig { senders_per_room: 11, ..ok.clone() };
+        let bad_senders = BenchConfig {
+            senders_per_room: 11,
+            ..ok.clone()
+        };
         assert!(bad_senders.validate().is_err());
-        let tiny = BenchConfig { clients: 5, ..ok.clone() };
+        let tiny = BenchConfig {
+            clients: 5,
+            ..ok.clone()
+        };
         assert!(tiny.validate().is_err());
-        let idle = BenchConfig { clients: 1, scenario: Scenario::Idle, ..ok.clone() };
+        let idle = BenchConfig {
+            clients: 1,
+            scenario: Scenario::Idle,
+            ..ok.clone()
+        };
         assert!(idle.validate().is_ok());
-        let mixed = BenchConfig { clients: 40, scenario: Scenario::Mixed, ..ok };
+        let mixed = BenchConfig {
+            clients: 40,
+            scenario: Scenario::Mixed,
+            ..ok
+        };
         assert_eq!(mixed.group_rooms(), 2);
         assert!(mixed.validate().is_ok());
     }
@@ -279,7 +324,10 @@ mod tests {
     #[test]
     fn loopback_addresses() {
         let ips = loopback_sources(3).unwrap_or_default();
-        let want: Vec<IpAddr> = ["127.0.0.1", "127.0.0.2", "127.0.0.3"].iter().filter_map(|s| s.parse().ok()).collect();
+        let want: Vec<IpAddr> = ["127.0.0.1", "127.0.0.2", "127.0.0.3"]
+            .iter()
+            .filter_map(|s| s.parse().ok())
+            .collect();
         assert_eq!(ips, want);
         let many = loopback_sources(300).unwrap_or_default();
         assert_eq!(many.last().map(ToString::to_string).as_deref(), Some("127.0.1.44"));

@@ -8,7 +8,11 @@ pub enum BenchError {
     Usage(String),
     /// The node answered an HTTP request with an error status.
     #[error("HTTP {status} from {what}: {code}")]
-    Http { what: &'static str, status: u16, code: String },
+    Http {
+        what: &'static str,
+        status: u16,
+        code: String,
+    },
     /// The node refused the Socket.IO connection.
     #[error("connect_error: {0}")]
     ConnectRefused(String),
@@ -42,6 +46,30 @@ impl BenchError {
     }
 
     pub fn transport(what: &'static str, e: impl std::fmt::Display) -> Self {
-        BenchError::Transport { what, detail: e.to_string() }
+        BenchError::Transport {
+            what,
+            detail: e.to_string(),
+        }
     }
+
+    /// A transport error with its whole cause chain (reqwest and tungstenite keep the useful
+    /// part, e.g. the TLS refusal, in the sources).
+    pub fn transport_chain(what: &'static str, e: &(dyn std::error::Error + 'static)) -> Self {
+        BenchError::Transport { what, detail: chain(e) }
+    }
+}
+
+/// `outer: cause: root cause`.
+pub fn chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        let t = c.to_string();
+        if !s.ends_with(&t) {
+            s.push_str(": ");
+            s.push_str(&t);
+        }
+        cur = c.source();
+    }
+    s
 }

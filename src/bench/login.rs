@@ -33,11 +33,13 @@ impl Identity {
     /// Signs an EIP-4361 message; returns the exact text to send (the canonical serialisation
     /// of what was parsed, which the node requires) and the signature.
     pub fn sign_siwe(&self, text: &str) -> Result<(String, String), BenchError> {
-        let message: siwe::Message =
-            text.parse().map_err(|e| BenchError::Protocol(format!("cannot build a SIWE message: {e}")))?;
+        let message: siwe::Message = text
+            .parse()
+            .map_err(|e| BenchError::Protocol(format!("cannot build a SIWE message: {e}")))?;
         let canonical = message.to_string();
-        let prehash =
-            message.eip191_hash().map_err(|e| BenchError::Protocol(format!("cannot hash the SIWE message: {e}")))?;
+        let prehash = message
+            .eip191_hash()
+            .map_err(|e| BenchError::Protocol(format!("cannot hash the SIWE message: {e}")))?;
         let (sig, recid) = self
             .key
             .sign_prehash_recoverable(&prehash)

@@ -65,7 +65,10 @@ pub async fn run(cfg: BenchConfig) -> Result<ExitCode, BenchError> {
     };
     print!("{}", report::summary(&report));
     if let (Some(base), Some(path)) = (&baseline, &cfg.compare) {
-        print!("{}", report::compare(&report.figures, base, &path.display().to_string()));
+        print!(
+            "{}",
+            report::compare(&report.figures, base, &path.display().to_string())
+        );
     }
     if let Some(path) = &cfg.json {
         report::write_json(&report, path)?;
@@ -75,13 +78,28 @@ pub async fn run(cfg: BenchConfig) -> Result<ExitCode, BenchError> {
     if !assertions.is_empty() {
         println!("\n== assertions ==");
         for v in &assertions {
-            let actual = v.actual.map(|a| format!("{a}")).unwrap_or_else(|| "n/a (not measured)".into());
-            println!("{:<4} {:<36} actual {actual}", if v.pass { "PASS" } else { "FAIL" }, v.assertion);
+            let actual = v
+                .actual
+                .map(|a| format!("{a}"))
+                .unwrap_or_else(|| "n/a (not measured)".into());
+            println!(
+                "{:<4} {:<36} actual {actual}",
+                if v.pass { "PASS" } else { "FAIL" },
+                v.assertion
+            );
             if !v.pass {
                 failed += 1;
             }
         }
-        println!("{} of {} assertions passed", assertions.len() - failed, assertions.len());
+        println!(
+            "{} of {} assertions passed",
+            assertions.len() - failed,
+            assertions.len()
+        );
     }
-    Ok(if failed == 0 { ExitCode::SUCCESS } else { ExitCode::from(1) })
+    Ok(if failed == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
 }

@@ -53,6 +53,7 @@ pub struct Monitor {
     bar: Option<ProgressBar>,
     /// Print a plain line every few samples (no terminal).
     plain: bool,
+    quiet: bool,
 }
 
 impl Monitor {
@@ -66,15 +67,32 @@ impl Monitor {
             bar.enable_steady_tick(Duration::from_millis(200));
             bar
         });
-        Monitor { samples: Mutex::new(Vec::new()), label: Mutex::new(PhaseLabel::default()), bar, plain: !quiet && !tty }
+        Monitor {
+            samples: Mutex::new(Vec::new()),
+            label: Mutex::new(PhaseLabel::default()),
+            bar,
+            plain: !quiet && !tty,
+            quiet,
+        }
     }
 
     pub fn set_phase(&self, name: &str, total: Option<u64>) {
-        *self.label.lock() = PhaseLabel { name: name.to_string(), total };
-        self.say(&format!("phase: {name}{}", total.map(|t| format!(" ({t})")).unwrap_or_default()));
+        *self.label.lock() = PhaseLabel {
+            name: name.to_string(),
+            total,
+        };
+        if let Some(bar) = &self.bar {
+            bar.set_message(name.to_string());
+        }
+        if !self.quiet {
+            self.say(&format!(
+                "phase: {name}{}",
+                total.map(|t| format!(" ({t})")).unwrap_or_default()
+            ));
+        }
     }
 
-    /// A line above the progress spinner (or on stderr).
+    /// A line above the progress spinner (or on stderr), even when quiet.
     pub fn say(&self, line: &str) {
         match &self.bar {
             Some(bar) => bar.println(line),
@@ -159,13 +177,24 @@ pub async fn run(ctx: Arc<RunCtx>, mon: Arc<Monitor>) {
             None => {}
         }
         mon.samples.lock().push(sample);
-        prev = Prev { at: now, sent, acked, delivered, history, server: server.or(prev.server), cpu };
+        prev = Prev {
+            at: now,
+            sent,
+            acked,
+            delivered,
+            history,
+            server: server.or(prev.server),
+            cpu,
+        };
         n += 1;
     }
 }
 
 async fn scrape(ctx: &RunCtx) -> Option<ServerProcess> {
-    tokio::time::timeout(Duration::from_millis(900), scrape_metrics(&ctx.net)).await.ok()?.ok()
+    tokio::time::timeout(Duration::from_millis(900), scrape_metrics(&ctx.net))
+        .await
+        .ok()?
+        .ok()
 }
 
 fn progress_line(s: &Sample, label: &PhaseLabel, done: u64) -> String {
@@ -175,7 +204,10 @@ fn progress_line(s: &Sample, label: &PhaseLabel, done: u64) -> String {
     }
     line.push_str(&format!(" | conns {}", s.connected));
     if s.sent_per_s > 0.0 || s.delivered_per_s > 0.0 {
-        line.push_str(&format!(" | sent {:.0}/s deliv {:.0}/s", s.sent_per_s, s.delivered_per_s));
+        line.push_str(&format!(
+            " | sent {:.0}/s deliv {:.0}/s",
+            s.sent_per_s, s.delivered_per_s
+        ));
     }
     if let Some(p) = s.p99_ms {
         line.push_str(&format!(" | p99 {p:.2} ms"));
@@ -190,7 +222,10 @@ fn progress_line(s: &Sample, label: &PhaseLabel, done: u64) -> String {
         line.push_str(&format!(" rss {:.0} MiB", r / 1048576.0));
     }
     if let Some(c) = s.bench_cpu_pct {
-        line.push_str(&format!(" | bench cpu {c:.0}%{}", if c > SATURATION_PCT { " (saturated)" } else { "" }));
+        line.push_str(&format!(
+            " | bench cpu {c:.0}%{}",
+            if c > SATURATION_PCT { " (saturated)" } else { "" }
+        ));
     }
     if s.errors > 0 {
         line.push_str(&format!(" | errors {}", s.errors));

@@ -31,19 +31,31 @@ pub struct Net {
 impl Net {
     pub async fn new(url: &str, insecure: bool, sources: &[IpAddr], pool_per_client: usize) -> Result<Net, BenchError> {
         let parsed = reqwest::Url::parse(url).map_err(|e| BenchError::Usage(format!("--url: {e}")))?;
-        let host = parsed.host_str().ok_or_else(|| BenchError::Usage("--url has no host".into()))?.to_string();
-        let port = parsed.port_or_known_default().ok_or_else(|| BenchError::Usage("--url has no port".into()))?;
+        let host = parsed
+            .host_str()
+            .ok_or_else(|| BenchError::Usage("--url has no host".into()))?
+            .to_string();
+        let port = parsed
+            .port_or_known_default()
+            .ok_or_else(|| BenchError::Usage("--url has no port".into()))?;
         let tls = match parsed.scheme() {
             "http" => false,
             "https" => true,
-            other => return Err(BenchError::Usage(format!("--url scheme `{other}` is not http or https"))),
+            other => {
+                return Err(BenchError::Usage(format!(
+                    "--url scheme `{other}` is not http or https"
+                )));
+            }
         };
         let authority = match parsed.port() {
             Some(p) => format!("{host}:{p}"),
             None => host.clone(),
         };
         let origin = format!("{}://{authority}", parsed.scheme());
-        let ws_url = format!("{}://{authority}/socket.io/?EIO=4&transport=websocket", if tls { "wss" } else { "ws" });
+        let ws_url = format!(
+            "{}://{authority}/socket.io/?EIO=4&transport=websocket",
+            if tls { "wss" } else { "ws" }
+        );
         // `Url::host_str` keeps the brackets of IPv6 literals; the resolver wants them off.
         let lookup_host = host.trim_start_matches('[').trim_end_matches(']').to_string();
         let addr = tokio::net::lookup_host((lookup_host.as_str(), port))
@@ -60,8 +72,11 @@ impl Net {
         };
 
         let mut http = Vec::new();
-        let locals: Vec<Option<IpAddr>> =
-            if sources.is_empty() { vec![None] } else { sources.iter().copied().map(Some).collect() };
+        let locals: Vec<Option<IpAddr>> = if sources.is_empty() {
+            vec![None]
+        } else {
+            sources.iter().copied().map(Some).collect()
+        };
         for local in locals {
             let client = reqwest::Client::builder()
                 .use_rustls_tls()
@@ -84,7 +99,15 @@ impl Net {
             .max_message_size(Some(16 * 1024 * 1024))
             .max_frame_size(Some(16 * 1024 * 1024));
 
-        Ok(Net { origin, ws_url, addr, http, sources: sources.to_vec(), connector, ws_config })
+        Ok(Net {
+            origin,
+            ws_url,
+            addr,
+            http,
+            sources: sources.to_vec(),
+            connector,
+            ws_config,
+        })
     }
 
     /// The HTTP client of user `i` (round-robin over source addresses).
@@ -95,7 +118,11 @@ impl Net {
 
     /// The source address user `i` binds to, if any.
     pub fn source(&self, i: usize) -> Option<IpAddr> {
-        if self.sources.is_empty() { None } else { Some(self.sources[i % self.sources.len()]) }
+        if self.sources.is_empty() {
+            None
+        } else {
+            Some(self.sources[i % self.sources.len()])
+        }
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -105,7 +132,9 @@ impl Net {
     /// Opens the websocket of user `i`: TCP (bound to its source address), TLS, upgrade.
     pub async fn connect_ws(&self, i: usize) -> Result<Ws, BenchError> {
         let stream = match self.source(i) {
-            None => TcpStream::connect(self.addr).await.map_err(|e| BenchError::transport("tcp_connect", e))?,
+            None => TcpStream::connect(self.addr)
+                .await
+                .map_err(|e| BenchError::transport("tcp_connect", e))?,
             Some(ip) => {
                 let socket = match (ip, self.addr) {
                     (IpAddr::V4(_), SocketAddr::V4(_)) => TcpSocket::new_v4(),
@@ -119,9 +148,16 @@ impl Net {
                 }
                 .map_err(|e| BenchError::transport("tcp_socket", e))?;
                 // Lets bind() reuse ports whose old connections sit in TIME_WAIT.
-                socket.set_reuseaddr(true).map_err(|e| BenchError::transport("tcp_socket", e))?;
-                socket.bind(SocketAddr::new(ip, 0)).map_err(|e| BenchError::transport("tcp_bind", e))?;
-                socket.connect(self.addr).await.map_err(|e| BenchError::transport("tcp_connect", e))?
+                socket
+                    .set_reuseaddr(true)
+                    .map_err(|e| BenchError::transport("tcp_socket", e))?;
+                socket
+                    .bind(SocketAddr::new(ip, 0))
+                    .map_err(|e| BenchError::transport("tcp_bind", e))?;
+                socket
+                    .connect(self.addr)
+                    .await
+                    .map_err(|e| BenchError::transport("tcp_connect", e))?
             }
         };
         let _ = stream.set_nodelay(true);
@@ -133,10 +169,12 @@ impl Net {
         )
         .await
         .map_err(|e| match e {
-            tokio_tungstenite::tungstenite::Error::Http(resp) => {
-                BenchError::Http { what: "websocket upgrade", status: resp.status().as_u16(), code: "upgrade_refused".into() }
-            }
-            other => BenchError::transport("ws_handshake", other),
+            tokio_tungstenite::tungstenite::Error::Http(resp) => BenchError::Http {
+                what: "websocket upgrade",
+                status: resp.status().as_u16(),
+                code: "upgrade_refused".into(),
+            },
+            other => BenchError::transport_chain("ws_handshake", &other),
         })?;
         Ok(ws)
     }
@@ -208,11 +246,15 @@ mod tests {
         assert_eq!(net.origin, "http://127.0.0.1:9");
         assert_eq!(net.ws_url, "ws://127.0.0.1:9/socket.io/?EIO=4&transport=websocket");
         assert_eq!(net.url("/metrics"), "http://127.0.0.1:9/metrics");
-        let Ok(net) = Net::new("https://127.0.0.1", true, &[], 4).await else { panic!("builds") };
+        let Ok(net) = Net::new("https://127.0.0.1", true, &[], 4).await else {
+            panic!("builds")
+        };
         assert_eq!(net.ws_url, "wss://127.0.0.1/socket.io/?EIO=4&transport=websocket");
         assert_eq!(net.addr.port(), 443);
         let ips: Vec<IpAddr> = vec![[127, 0, 0, 1].into(), [127, 0, 0, 2].into()];
-        let Ok(net) = Net::new("http://127.0.0.1:9", false, &ips, 4).await else { panic!("builds") };
+        let Ok(net) = Net::new("http://127.0.0.1:9", false, &ips, 4).await else {
+            panic!("builds")
+        };
         assert_eq!(net.source(0), Some(ips[0]));
         assert_eq!(net.source(3), Some(ips[1]));
         assert!(Net::new("ws://127.0.0.1:9", false, &[], 4).await.is_err());

@@ -51,7 +51,11 @@ impl Plan {
 
     /// Messages per second the plan offers (sum over senders).
     pub fn offered_rate(&self) -> f64 {
-        self.clients.iter().filter_map(|c| c.send).map(|s| 1.0 / s.interval.as_secs_f64()).sum()
+        self.clients
+            .iter()
+            .filter_map(|c| c.send)
+            .map(|s| 1.0 / s.interval.as_secs_f64())
+            .sum()
     }
 }
 
@@ -60,7 +64,11 @@ fn group_rooms(first: usize, rooms: usize, size: usize, senders: usize) -> Vec<R
         .map(|r| {
             let members: Vec<usize> = (first + r * size..first + (r + 1) * size).collect();
             let senders = members[..senders.min(members.len())].to_vec();
-            RoomSpec { kind: RoomKind::Group, members, senders }
+            RoomSpec {
+                kind: RoomKind::Group,
+                members,
+                senders,
+            }
         })
         .collect()
 }
@@ -69,7 +77,11 @@ fn dm_pairs(first: usize, end: usize) -> Vec<RoomSpec> {
     (first..end)
         .step_by(2)
         .filter(|a| a + 1 < end)
-        .map(|a| RoomSpec { kind: RoomKind::Dm, members: vec![a, a + 1], senders: vec![a, a + 1] })
+        .map(|a| RoomSpec {
+            kind: RoomKind::Dm,
+            members: vec![a, a + 1],
+            senders: vec![a, a + 1],
+        })
         .collect()
 }
 
@@ -94,7 +106,13 @@ pub fn build(cfg: &BenchConfig) -> Plan {
         Scenario::Connect | Scenario::Idle => Vec::new(),
     };
 
-    let mut clients: Vec<ClientPlan> = (0..n).map(|idx| ClientPlan { idx, rooms: Vec::new(), send: None }).collect();
+    let mut clients: Vec<ClientPlan> = (0..n)
+        .map(|idx| ClientPlan {
+            idx,
+            rooms: Vec::new(),
+            send: None,
+        })
+        .collect();
     let total_senders: usize = rooms.iter().map(|r| r.senders.len()).sum();
     let interval = (cfg.rate > 0.0 && total_senders > 0)
         .then(|| Duration::try_from_secs_f64(total_senders as f64 / cfg.rate).ok())
@@ -112,7 +130,11 @@ pub fn build(cfg: &BenchConfig) -> Plan {
             if let (Some(c), Some(interval)) = (clients.get_mut(s), interval) {
                 // Spread first sends evenly over one interval so senders do not fire together.
                 let offset = interval.mul_f64(k as f64 / total_senders as f64);
-                c.send = Some(SendPlan { room: r, interval, offset });
+                c.send = Some(SendPlan {
+                    room: r,
+                    interval,
+                    offset,
+                });
             }
             k += 1;
         }
@@ -127,7 +149,11 @@ pub fn build(cfg: &BenchConfig) -> Plan {
             .collect(),
         _ => Vec::new(),
     };
-    Plan { rooms, clients, readers }
+    Plan {
+        rooms,
+        clients,
+        readers,
+    }
 }
 
 #[cfg(test)]
@@ -136,7 +162,13 @@ mod tests {
 
     #[test]
     fn fanout_layout_and_rate() {
-        let cfg = BenchConfig { clients: 105, room_size: 10, senders_per_room: 2, rate: 200.0, ..Default::default() };
+        let cfg = BenchConfig {
+            clients: 105,
+            room_size: 10,
+            senders_per_room: 2,
+            rate: 200.0,
+            ..Default::default()
+        };
         let p = build(&cfg);
         assert_eq!(p.rooms.len(), 10);
         assert_eq!(p.rooms[3].members, (30..40).collect::<Vec<_>>());
@@ -155,7 +187,12 @@ mod tests {
 
     #[test]
     fn dm_pairs_both_send() {
-        let cfg = BenchConfig { clients: 7, scenario: Scenario::Dm, rate: 6.0, ..Default::default() };
+        let cfg = BenchConfig {
+            clients: 7,
+            scenario: Scenario::Dm,
+            rate: 6.0,
+            ..Default::default()
+        };
         let p = build(&cfg);
         assert_eq!(p.rooms.len(), 3);
         assert!(p.rooms.iter().all(|r| r.kind == RoomKind::Dm && r.members.len() == 2));
@@ -166,19 +203,38 @@ mod tests {
 
     #[test]
     fn mixed_and_history() {
-        let cfg = BenchConfig { clients: 40, scenario: Scenario::Mixed, room_size: 10, rate: 100.0, ..Default::default() };
+        let cfg = BenchConfig {
+            clients: 40,
+            scenario: Scenario::Mixed,
+            room_size: 10,
+            rate: 100.0,
+            ..Default::default()
+        };
         let p = build(&cfg);
         assert_eq!(p.rooms.iter().filter(|r| r.kind == RoomKind::Group).count(), 2);
         assert_eq!(p.rooms.iter().filter(|r| r.kind == RoomKind::Dm).count(), 10);
         assert_eq!(p.readers.len(), 20);
         assert_eq!(p.senders(), 2 + 20);
-        let cfg = BenchConfig { clients: 20, scenario: Scenario::History, room_size: 10, ..Default::default() };
+        let cfg = BenchConfig {
+            clients: 20,
+            scenario: Scenario::History,
+            room_size: 10,
+            ..Default::default()
+        };
         let p = build(&cfg);
         assert_eq!(p.senders(), 0);
         assert_eq!(p.readers.len(), 20);
-        let idle = build(&BenchConfig { clients: 3, scenario: Scenario::Idle, ..Default::default() });
+        let idle = build(&BenchConfig {
+            clients: 3,
+            scenario: Scenario::Idle,
+            ..Default::default()
+        });
         assert!(idle.rooms.is_empty() && idle.clients.len() == 3 && idle.senders() == 0);
-        let silent = build(&BenchConfig { clients: 20, rate: 0.0, ..Default::default() });
+        let silent = build(&BenchConfig {
+            clients: 20,
+            rate: 0.0,
+            ..Default::default()
+        });
         assert_eq!(silent.senders(), 0);
     }
 }

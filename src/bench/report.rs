@@ -25,24 +25,48 @@ pub const FIGURES: &[(&str, &str)] = &[
     ("signin_p99_ms", "sign-in time, 99th percentile"),
     ("connect_ok", "Socket.IO connections that reached ready (sync acked)"),
     ("connect_failed", "connections that failed (see errors)"),
-    ("connect_per_s", "ready connections per second over the connect phase (connect: sign-in + connect)"),
-    ("connect_p50_ms", "websocket + Socket.IO connect + first sync ack, median"),
+    (
+        "connect_per_s",
+        "ready connections per second over the connect phase (connect: sign-in + connect)",
+    ),
+    (
+        "connect_p50_ms",
+        "websocket + Socket.IO connect + first sync ack, median",
+    ),
     ("connect_p99_ms", "connect time, 99th percentile"),
-    ("login_connect_p50_ms", "sign-in + connect, median (the connect scenario's headline)"),
+    (
+        "login_connect_p50_ms",
+        "sign-in + connect, median (the connect scenario's headline)",
+    ),
     ("login_connect_p99_ms", "sign-in + connect, 99th percentile"),
     ("disconnects", "sockets the node closed before the bench did"),
     ("run_s", "length of the measured phase, seconds"),
     ("offered_per_s", "messages per second the plan offers"),
     ("sent", "message:send events sent"),
     ("acked", "sends acked ok (durably accepted)"),
-    ("nacked", "sends refused with ok:false (by code in errors, e.g. ack:rate_limited)"),
+    (
+        "nacked",
+        "sends refused with ok:false (by code in errors, e.g. ack:rate_limited)",
+    ),
     ("ack_timeouts", "sends whose ack never came"),
-    ("expected", "sum over acked messages of the room's connected receivers at ack time"),
+    (
+        "expected",
+        "sum over acked messages of the room's connected receivers at ack time",
+    ),
     ("delivered", "unique (room, seq) message events received by receivers"),
-    ("lost", "expected deliveries of acked messages that never arrived (after the drain)"),
+    (
+        "lost",
+        "expected deliveries of acked messages that never arrived (after the drain)",
+    ),
     ("duplicated", "a receiver saw the same (room, seq) again"),
-    ("out_of_order", "a receiver saw a lower seq after a higher one in a room"),
-    ("delivered_unacked", "deliveries of messages whose ack failed or never came"),
+    (
+        "out_of_order",
+        "a receiver saw a lower seq after a higher one in a room",
+    ),
+    (
+        "delivered_unacked",
+        "deliveries of messages whose ack failed or never came",
+    ),
     ("foreign", "message events that were not this run's"),
     ("errors", "all errors, by code in the errors table"),
     ("sent_per_s", "sends per second during the run phase"),
@@ -65,15 +89,33 @@ pub const FIGURES: &[(&str, &str)] = &[
     ("history_p50_ms", "history page time, median"),
     ("history_p99_ms", "history page time, 99th percentile"),
     ("history_max_ms", "history page time, maximum"),
-    ("server_cpu_pct_avg", "node CPU during the run phase, percent of one core, mean"),
+    (
+        "server_cpu_pct_avg",
+        "node CPU during the run phase, percent of one core, mean",
+    ),
     ("server_cpu_pct_max", "node CPU, highest one-second sample"),
-    ("server_rss_bytes_before", "node resident memory before the connect phase"),
-    ("server_rss_bytes_after", "node resident memory at the end of the run, sockets still open"),
+    (
+        "server_rss_bytes_before",
+        "node resident memory before the connect phase",
+    ),
+    (
+        "server_rss_bytes_after",
+        "node resident memory at the end of the run, sockets still open",
+    ),
     ("server_rss_bytes_max", "node resident memory, highest sample"),
-    ("server_rss_per_conn_bytes", "(rss after - rss before) / connected sockets"),
-    ("bench_cpu_pct_avg", "this process's CPU during the run phase, percent of one core, mean"),
+    (
+        "server_rss_per_conn_bytes",
+        "(rss after - rss before) / connected sockets",
+    ),
+    (
+        "bench_cpu_pct_avg",
+        "this process's CPU during the run phase, percent of one core, mean",
+    ),
     ("bench_cpu_pct_max", "this process's CPU, highest one-second sample"),
-    ("bench_saturated_s", "seconds the bench was above 90% of one core (load generator saturated)"),
+    (
+        "bench_saturated_s",
+        "seconds the bench was above 90% of one core (load generator saturated)",
+    ),
 ];
 
 pub fn is_figure(name: &str) -> bool {
@@ -121,7 +163,9 @@ fn mean(v: &[f64]) -> Option<f64> {
 }
 
 fn max(v: &[f64]) -> Option<f64> {
-    v.iter().copied().fold(None, |m, x| Some(m.map_or(x, |m: f64| m.max(x))))
+    v.iter()
+        .copied()
+        .fold(None, |m, x| Some(m.map_or(x, |m: f64| m.max(x))))
 }
 
 /// Every figure of a finished run.
@@ -199,8 +243,14 @@ pub fn figures(cfg: &BenchConfig, ctx: &RunCtx, d: &RunData) -> BTreeMap<String,
 
     // Node and bench CPU over the run phase; memory over the whole run.
     let in_run = |s: &&Sample| s.phase == "run" || s.phase == "hold" || s.phase == "storm";
-    let server_cpu: Vec<f64> = d.samples.iter().filter(in_run).filter_map(|s| s.server_cpu_pct).collect();
-    let bench_cpu: Vec<f64> = d.samples.iter().filter(in_run).filter_map(|s| s.bench_cpu_pct).collect();
+    let mut run_samples: Vec<&Sample> = d.samples.iter().filter(in_run).collect();
+    // A sample covers the second before it was taken: the first one of the run phase still
+    // holds the end of the connect phase.
+    if run_samples.len() > 2 {
+        run_samples.remove(0);
+    }
+    let server_cpu: Vec<f64> = run_samples.iter().filter_map(|s| s.server_cpu_pct).collect();
+    let bench_cpu: Vec<f64> = run_samples.iter().filter_map(|s| s.bench_cpu_pct).collect();
     let all_bench_cpu: Vec<f64> = d.samples.iter().filter_map(|s| s.bench_cpu_pct).collect();
     let rss: Vec<f64> = d.samples.iter().filter_map(|s| s.server_rss_bytes).collect();
     let mut put_opt = |k: &str, v: Option<f64>| {
@@ -243,7 +293,8 @@ fn num(f: &BTreeMap<String, f64>, k: &str) -> String {
 }
 
 fn mib(v: Option<&f64>) -> String {
-    v.map(|b| format!("{:.1} MiB", b / 1048576.0)).unwrap_or_else(|| "-".into())
+    v.map(|b| format!("{:.1} MiB", b / 1048576.0))
+        .unwrap_or_else(|| "-".into())
 }
 
 /// The final human summary.
@@ -260,7 +311,12 @@ pub fn summary(r: &Report) -> String {
         _ => {}
     }
     if f.contains_key("offered_per_s") {
-        let _ = write!(shape, ", {} msg/s offered, {} B bodies", num(f, "offered_per_s"), cfg.payload_bytes);
+        let _ = write!(
+            shape,
+            ", {} msg/s offered, {} B bodies",
+            num(f, "offered_per_s"),
+            cfg.payload_bytes
+        );
     }
     let _ = writeln!(s, "{shape}, run {} s", num(f, "run_s"));
     let _ = writeln!(
@@ -408,10 +464,16 @@ pub fn load_figures(path: &Path) -> Result<BTreeMap<String, f64>, BenchError> {
 /// One line per figure present in both: baseline, current, and current / baseline.
 pub fn compare(current: &BTreeMap<String, f64>, baseline: &BTreeMap<String, f64>, name: &str) -> String {
     let mut s = format!("\n== compared with {name} (ratio = current / baseline) ==\n");
-    let _ = writeln!(s, "{:<28} {:>16} {:>16} {:>9}", "figure", "baseline", "current", "ratio");
+    let _ = writeln!(
+        s,
+        "{:<28} {:>16} {:>16} {:>9}",
+        "figure", "baseline", "current", "ratio"
+    );
     // In the order of FIGURES, which groups related figures.
     for (k, _) in FIGURES {
-        let (Some(cur), Some(base)) = (current.get(*k), baseline.get(*k)) else { continue };
+        let (Some(cur), Some(base)) = (current.get(*k), baseline.get(*k)) else {
+            continue;
+        };
         let _ = writeln!(s, "{k:<28} {base:>16.3} {cur:>16.3} {:>9}", ratio(*cur, *base));
     }
     s
@@ -433,7 +495,10 @@ mod tests {
     #[test]
     fn figure_names_are_unique_snake_case() {
         let mut names: Vec<&str> = FIGURES.iter().map(|(n, _)| *n).collect();
-        assert!(names.iter().all(|n| n.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')));
+        assert!(names.iter().all(|n| {
+            n.bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+        }));
         names.sort_unstable();
         let before = names.len();
         names.dedup();
@@ -446,7 +511,10 @@ mod tests {
     fn every_figure_is_documented() {
         let doc = include_str!("../../docs/BENCH.md");
         for (name, _) in FIGURES {
-            assert!(doc.contains(&format!("`{name}`")), "docs/BENCH.md does not describe `{name}`");
+            assert!(
+                doc.contains(&format!("`{name}`")),
+                "docs/BENCH.md does not describe `{name}`"
+            );
         }
     }
 
@@ -476,7 +544,10 @@ mod tests {
             tool: "coolchat bench".into(),
             version: "0".into(),
             started_at: "2030-01-01T00:00:00Z".into(),
-            config: BenchConfig { asserts: vec!["lost==0".parse().unwrap_or_else(|e| panic!("{e}"))], ..Default::default() },
+            config: BenchConfig {
+                asserts: vec!["lost==0".parse().unwrap_or_else(|e| panic!("{e}"))],
+                ..Default::default()
+            },
             figures,
             errors: BTreeMap::new(),
             timeseries: vec![Sample::default()],

@@ -20,12 +20,24 @@ struct ErrorCode {
 
 /// Sends `req`, decodes a 2xx JSON body into `T`, or turns the error envelope into an error.
 async fn call<T: DeserializeOwned>(what: &'static str, req: reqwest::RequestBuilder) -> Result<T, BenchError> {
-    let resp = req.send().await.map_err(|e| BenchError::transport(http_error_kind(&e), e))?;
+    let resp = req
+        .send()
+        .await
+        .map_err(|e| BenchError::transport_chain(http_error_kind(&e), &e))?;
     let status = resp.status();
-    let bytes = resp.bytes().await.map_err(|e| BenchError::transport("http_body", e))?;
+    let bytes = resp
+        .bytes()
+        .await
+        .map_err(|e| BenchError::transport_chain("http_body", &e))?;
     if !status.is_success() {
-        let code = serde_json::from_slice::<ErrorEnvelope>(&bytes).map(|e| e.error.code).unwrap_or_else(|_| "none".into());
-        return Err(BenchError::Http { what, status: status.as_u16(), code });
+        let code = serde_json::from_slice::<ErrorEnvelope>(&bytes)
+            .map(|e| e.error.code)
+            .unwrap_or_else(|_| "none".into());
+        return Err(BenchError::Http {
+            what,
+            status: status.as_u16(),
+            code,
+        });
     }
     serde_json::from_slice(&bytes).map_err(|e| BenchError::Protocol(format!("{what}: unexpected body: {e}")))
 }
@@ -53,7 +65,8 @@ pub async fn sign_in(net: &Net, i: usize, who: &Identity) -> Result<String, Benc
     let (message, signature) = who.sign_siwe(&text)?;
     let signed: SignedIn = call(
         "auth/verify",
-        http.post(net.url("/api/v1/auth/verify")).json(&json!({"message": message, "signature": signature})),
+        http.post(net.url("/api/v1/auth/verify"))
+            .json(&json!({"message": message, "signature": signature})),
     )
     .await?;
     Ok(signed.token)
@@ -74,13 +87,23 @@ pub async fn create_room(
 ) -> Result<RoomView, BenchError> {
     call(
         "rooms",
-        net.http(i).post(net.url("/api/v1/rooms")).bearer_auth(token).json(&json!({"name": name, "members": members})),
+        net.http(i)
+            .post(net.url("/api/v1/rooms"))
+            .bearer_auth(token)
+            .json(&json!({"name": name, "members": members})),
     )
     .await
 }
 
 pub async fn open_dm(net: &Net, i: usize, token: &str, other: &str) -> Result<RoomView, BenchError> {
-    call("dms", net.http(i).post(net.url("/api/v1/dms")).bearer_auth(token).json(&json!({"address": other}))).await
+    call(
+        "dms",
+        net.http(i)
+            .post(net.url("/api/v1/dms"))
+            .bearer_auth(token)
+            .json(&json!({"address": other})),
+    )
+    .await
 }
 
 /// A message as history returns it (only what the bench checks).
@@ -104,7 +127,9 @@ pub async fn history_before(
     before_seq: i64,
     limit: usize,
 ) -> Result<HistoryPage, BenchError> {
-    let url = net.url(&format!("/api/v1/rooms/{room_id}/messages?before_seq={before_seq}&limit={limit}"));
+    let url = net.url(&format!(
+        "/api/v1/rooms/{room_id}/messages?before_seq={before_seq}&limit={limit}"
+    ));
     call("history", net.http(i).get(url).bearer_auth(token)).await
 }
 
@@ -120,7 +145,10 @@ pub async fn post_message(
     let url = net.url(&format!("/api/v1/rooms/{room_id}/messages"));
     let _: serde_json::Value = call(
         "post message",
-        net.http(i).post(url).bearer_auth(token).json(&json!({"body": body, "client_msg_id": client_msg_id})),
+        net.http(i)
+            .post(url)
+            .bearer_auth(token)
+            .json(&json!({"body": body, "client_msg_id": client_msg_id})),
     )
     .await?;
     Ok(())
@@ -134,9 +162,18 @@ pub struct ServerProcess {
 }
 
 pub async fn scrape_metrics(net: &Net) -> Result<ServerProcess, BenchError> {
-    let resp = net.http(0).get(net.url("/metrics")).send().await.map_err(|e| BenchError::transport("metrics", e))?;
+    let resp = net
+        .http(0)
+        .get(net.url("/metrics"))
+        .send()
+        .await
+        .map_err(|e| BenchError::transport("metrics", e))?;
     if !resp.status().is_success() {
-        return Err(BenchError::Http { what: "metrics", status: resp.status().as_u16(), code: "none".into() });
+        return Err(BenchError::Http {
+            what: "metrics",
+            status: resp.status().as_u16(),
+            code: "none".into(),
+        });
     }
     let text = resp.text().await.map_err(|e| BenchError::transport("metrics", e))?;
     parse_process_metrics(&text).ok_or_else(|| BenchError::Protocol("metrics: no process figures".into()))
@@ -151,14 +188,19 @@ pub fn parse_process_metrics(text: &str) -> Option<ServerProcess> {
             continue;
         }
         let mut parts = line.split_whitespace();
-        let (Some(name), Some(value)) = (parts.next(), parts.next()) else { continue };
+        let (Some(name), Some(value)) = (parts.next(), parts.next()) else {
+            continue;
+        };
         match name {
             "process_resident_memory_bytes" => rss = value.parse().ok(),
             "process_cpu_seconds_total" => cpu = value.parse().ok(),
             _ => {}
         }
     }
-    Some(ServerProcess { rss_bytes: rss?, cpu_seconds: cpu? })
+    Some(ServerProcess {
+        rss_bytes: rss?,
+        cpu_seconds: cpu?,
+    })
 }
 
 #[cfg(test)]
@@ -169,7 +211,13 @@ mod tests {
     fn process_metrics() {
         let text = "# HELP x\n# TYPE process_resident_memory_bytes gauge\nprocess_resident_memory_bytes 1048576\n\
                     coolchat_sockets_connected 3\nprocess_cpu_seconds_total 12.340\n";
-        assert_eq!(parse_process_metrics(text), Some(ServerProcess { rss_bytes: 1048576.0, cpu_seconds: 12.34 }));
+        assert_eq!(
+            parse_process_metrics(text),
+            Some(ServerProcess {
+                rss_bytes: 1048576.0,
+                cpu_seconds: 12.34
+            })
+        );
         assert_eq!(parse_process_metrics("process_resident_memory_bytes 1\n"), None);
         assert_eq!(parse_process_metrics(""), None);
     }

@@ -78,9 +78,11 @@ pub async fn execute(cfg: &BenchConfig, mon: Arc<Monitor>) -> Result<(Arc<RunCtx
     data.offered_rate = plan.offered_rate();
     data.senders = plan.senders();
     data.rooms = plan.rooms.len();
-    advise(cfg, &plan, &mut data.notes);
     for note in &data.notes {
         mon.say(&format!("note: {note}"));
+    }
+    for hint in advise(cfg, &plan) {
+        mon.say(&format!("hint: {hint}"));
     }
 
     mon.set_phase("keys", Some(n as u64));
@@ -111,6 +113,7 @@ pub async fn execute(cfg: &BenchConfig, mon: Arc<Monitor>) -> Result<(Arc<RunCtx
     data.samples = std::mem::take(&mut *mon.samples.lock());
     result?;
     data.reconciled = ctx.ledger.reconcile();
+    data.notes.extend(explain(&ctx.stats.errors()));
     Ok((ctx, data))
 }
 
@@ -217,7 +220,14 @@ async fn run_phase(
     history_rate: Option<f64>,
 ) {
     let c = &ctx.stats.c;
-    let snap = || (Counters::get(&c.sent), Counters::get(&c.acked), Counters::get(&c.delivered), Counters::get(&c.history_requests));
+    let snap = || {
+        (
+            Counters::get(&c.sent),
+            Counters::get(&c.acked),
+            Counters::get(&c.delivered),
+            Counters::get(&c.history_requests),
+        )
+    };
     let hold = cfg.scenario != Scenario::Connect;
     mon.set_phase(if cfg.scenario == Scenario::Idle { "hold" } else { "run" }, None);
     let before = snap();
@@ -256,7 +266,7 @@ async fn run_phase(
         mon.set_phase("drain", None);
         let deadline = Instant::now() + secs(cfg.drain_timeout_secs);
         while Instant::now() < deadline {
-            let pending = c.pending_acks.load(Ordering::Relaxed);
+            let pending = c.pending_acks.load(Ordering::SeqCst);
             if pending <= 0 && Counters::get(&c.delivered) >= Counters::get(&c.expected) {
                 break;
             }
@@ -272,40 +282,91 @@ async fn check_reachable(net: &Net) -> Result<(), BenchError> {
     let req = net.http(0).get(net.url("/healthz")).timeout(Duration::from_secs(10));
     match req.send().await {
         Ok(r) if r.status().is_success() => Ok(()),
-        Ok(r) => Err(BenchError::Http { what: "healthz", status: r.status().as_u16(), code: "unhealthy".into() }),
-        Err(e) => Err(BenchError::transport("unreachable", format!("{}: {e}", net.origin))),
+        Ok(r) => Err(BenchError::Http {
+            what: "healthz",
+            status: r.status().as_u16(),
+            code: "unhealthy".into(),
+        }),
+        Err(e) => Err(BenchError::transport(
+            "unreachable",
+            format!("{}: {}", net.origin, super::error::chain(&e)),
+        )),
     }
 }
 
 async fn scrape_rss(ctx: &RunCtx) -> Option<f64> {
-    tokio::time::timeout(Duration::from_secs(5), rest::scrape_metrics(&ctx.net)).await.ok()?.ok().map(|p| p.rss_bytes)
+    tokio::time::timeout(Duration::from_secs(5), rest::scrape_metrics(&ctx.net))
+        .await
+        .ok()?
+        .ok()
+        .map(|p| p.rss_bytes)
 }
 
-/// Hints about server limits the configuration will run into.
-fn advise(cfg: &BenchConfig, plan: &Plan, notes: &mut Vec<String>) {
+/// Before the run: node defaults this configuration would run into (the bench cannot see the
+/// node's settings, so these are only printed).
+fn advise(cfg: &BenchConfig, plan: &Plan) -> Vec<String> {
+    let mut hints = Vec::new();
     if let Some(s) = plan.clients.iter().find_map(|c| c.send) {
         let per_sender = 1.0 / s.interval.as_secs_f64();
         if per_sender > 20.0 {
-            notes.push(format!(
-                "each sender sends {per_sender:.1} msg/s; the node's default limit is 20/s per user (burst 50): \
-                 start it with COOLCHAT__LIMITS__MESSAGES_PER_SECOND and COOLCHAT__LIMITS__MESSAGE_BURST raised, \
-                 or add senders, or the excess is refused as ack:rate_limited"
+            hints.push(format!(
+                "each sender sends {per_sender:.1} msg/s, above the node's default limit of 20/s per user (burst \
+                 50); unless the node runs with COOLCHAT__LIMITS__MESSAGES_PER_SECOND and \
+                 COOLCHAT__LIMITS__MESSAGE_BURST raised, the excess is refused as ack:rate_limited"
             ));
         }
     }
     let per_ip = cfg.clients.div_ceil(cfg.source_ips.len().max(1));
     if per_ip > 600 {
-        notes.push(format!(
-            "{per_ip} sign-ins per source address; the node's default nonce limit is 600/min per IP: start it with \
-             COOLCHAT__AUTH__NONCE_REQUESTS_PER_MINUTE raised, or use --source-ip-count"
+        hints.push(format!(
+            "{per_ip} sign-ins per source address, above the node's default nonce limit of 600/min per IP; unless \
+             the node runs with COOLCHAT__AUTH__NONCE_REQUESTS_PER_MINUTE raised, use --source-ip-count"
         ));
     }
     if plan.rooms.iter().any(|r| r.members.len() > 1000) {
-        notes.push("rooms above 1000 members need COOLCHAT__LIMITS__MAX_ROOM_MEMBERS raised on the node".into());
+        hints.push("rooms above 1000 members need COOLCHAT__LIMITS__MAX_ROOM_MEMBERS raised on the node".into());
     }
     if cfg.clients > 25_000 && cfg.source_ips.len() <= 1 {
-        notes.push("one source address has ~28k ephemeral ports: use --source-ip-count for this many clients".into());
+        hints.push("one source address has ~28k ephemeral ports: use --source-ip-count for this many clients".into());
     }
+    hints
+}
+
+/// After the run: what the errors say about the node's limits or the machine.
+fn explain(errors: &std::collections::BTreeMap<String, u64>) -> Vec<String> {
+    let mut notes = Vec::new();
+    let count = |pred: &dyn Fn(&str) -> bool| errors.iter().filter(|(k, _)| pred(k)).map(|(_, v)| *v).sum::<u64>();
+    let n = count(&|k| k == "ack:rate_limited");
+    if n > 0 {
+        notes.push(format!(
+            "{n} sends were refused by the node's per-user rate limit: raise COOLCHAT__LIMITS__MESSAGES_PER_SECOND \
+             and COOLCHAT__LIMITS__MESSAGE_BURST on the node, or add senders (--senders-per-room)"
+        ));
+    }
+    let n = count(&|k| k == "http_429:rate_limited");
+    if n > 0 {
+        notes.push(format!(
+            "{n} sign-ins were refused by the node's nonce limit per IP: raise \
+             COOLCHAT__AUTH__NONCE_REQUESTS_PER_MINUTE on the node, or spread over --source-ip-count"
+        ));
+    }
+    if count(&|k| k.ends_with("room_full")) > 0 {
+        notes.push("rooms were refused as full: raise COOLCHAT__LIMITS__MAX_ROOM_MEMBERS on the node".into());
+    }
+    let n = count(&|k| k.starts_with("tcp_"));
+    if n > 0 {
+        notes.push(format!(
+            "{n} TCP connects or binds failed: out of ephemeral ports or open files? try --source-ip-count, \
+             ulimit -n on both sides"
+        ));
+    }
+    let n = count(&|k| k == "ack_timeout");
+    if n > 0 {
+        notes.push(format!(
+            "{n} sends were never acked within --ack-timeout: the node (or this machine) is overloaded"
+        ));
+    }
+    notes
 }
 
 /// Waits until `total` attempts of the current phase have finished.
@@ -324,7 +385,11 @@ struct Pacer {
 
 impl Pacer {
     fn new(rate: f64) -> Pacer {
-        Pacer { t0: Instant::now(), rate, i: 0 }
+        Pacer {
+            t0: Instant::now(),
+            rate,
+            i: 0,
+        }
     }
 
     async fn wait(&mut self) {
@@ -344,7 +409,9 @@ async fn sign_in_all(ctx: &Arc<RunCtx>, cfg: &BenchConfig) -> Vec<Option<String>
     let mut tasks = Vec::with_capacity(cfg.clients);
     for i in 0..cfg.clients {
         pacer.wait().await;
-        let Ok(permit) = sem.clone().acquire_owned().await else { break };
+        let Ok(permit) = sem.clone().acquire_owned().await else {
+            break;
+        };
         let ctx = ctx.clone();
         tasks.push(tokio::spawn(async move {
             let token = sign_in_one(&ctx, i).await;
@@ -385,7 +452,11 @@ async fn setup_rooms(ctx: &Arc<RunCtx>, plan: &Plan, tokens: &[Option<String>]) 
         let ctx = ctx.clone();
         let spec = spec.clone();
         // The first member that signed in creates the room.
-        let creator = spec.members.iter().copied().find(|&m| tokens.get(m).is_some_and(Option::is_some));
+        let creator = spec
+            .members
+            .iter()
+            .copied()
+            .find(|&m| tokens.get(m).is_some_and(Option::is_some));
         let token = creator.and_then(|m| tokens.get(m).cloned().flatten());
         async move {
             let (Some(creator), Some(token)) = (creator, token) else {
@@ -395,7 +466,12 @@ async fn setup_rooms(ctx: &Arc<RunCtx>, plan: &Plan, tokens: &[Option<String>]) 
             let address = |m: usize| ctx.users.get(m).map(Identity::checksummed).unwrap_or_default();
             let result = match spec.kind {
                 RoomKind::Group => {
-                    let members: Vec<String> = spec.members.iter().filter(|&&m| m != creator).map(|&m| address(m)).collect();
+                    let members: Vec<String> = spec
+                        .members
+                        .iter()
+                        .filter(|&&m| m != creator)
+                        .map(|&m| address(m))
+                        .collect();
                     rest::create_room(&ctx.net, creator, &token, &format!("bench {r}"), &members).await
                 }
                 RoomKind::Dm => {
@@ -421,7 +497,10 @@ async fn setup_rooms(ctx: &Arc<RunCtx>, plan: &Plan, tokens: &[Option<String>]) 
         if !id.is_empty() {
             table.index.insert(id.clone(), r as u32);
         }
-        table.rooms.push(RoomInfo { id, connected: AtomicU32::new(0) });
+        table.rooms.push(RoomInfo {
+            id,
+            connected: AtomicU32::new(0),
+        });
     }
     table
 }
@@ -432,8 +511,11 @@ async fn seed_history(ctx: &Arc<RunCtx>, cfg: &BenchConfig, plan: &Plan, tokens:
     let jobs = plan.rooms.iter().enumerate().map(|(r, spec)| {
         let ctx = ctx.clone();
         let room_id = ctx.rooms().get(r).map(|x| x.id.clone()).unwrap_or_default();
-        let writers: Vec<(usize, String)> =
-            spec.members.iter().filter_map(|&m| tokens.get(m).cloned().flatten().map(|t| (m, t))).collect();
+        let writers: Vec<(usize, String)> = spec
+            .members
+            .iter()
+            .filter_map(|&m| tokens.get(m).cloned().flatten().map(|t| (m, t)))
+            .collect();
         let count = cfg.history_seed;
         let body = format!("seed {}", "x".repeat(cfg.payload_bytes.saturating_sub(5)));
         async move {
@@ -459,7 +541,10 @@ async fn seed_history(ctx: &Arc<RunCtx>, cfg: &BenchConfig, plan: &Plan, tokens:
             Counters::bump(&ctx.stats.c.attempts_done);
         }
     });
-    futures::stream::iter(jobs).buffer_unordered(32).collect::<Vec<()>>().await;
+    futures::stream::iter(jobs)
+        .buffer_unordered(32)
+        .collect::<Vec<()>>()
+        .await;
 }
 
 /// Starts one task per user: (sign-in when no token is given, then) connect, then run. The
@@ -484,7 +569,9 @@ fn connect_all(
                 continue;
             }
             pacer.wait().await;
-            let Ok(permit) = sem.clone().acquire_owned().await else { break };
+            let Ok(permit) = sem.clone().acquire_owned().await else {
+                break;
+            };
             let ctx = ctx.clone();
             handles.push(tokio::spawn(async move {
                 let t0 = Instant::now();
@@ -499,7 +586,8 @@ fn connect_all(
                     },
                 };
                 let t1 = Instant::now();
-                let outcome = tokio::time::timeout(ctx.handshake_timeout, client::handshake(&ctx, plan.idx, &token)).await;
+                let outcome =
+                    tokio::time::timeout(ctx.handshake_timeout, client::handshake(&ctx, plan.idx, &token)).await;
                 let (ws, next_ack) = match outcome {
                     Ok(Ok(pair)) => pair,
                     Ok(Err(e)) => {
@@ -561,7 +649,10 @@ async fn history_reader(
             Ok(page) => {
                 stats.history.record(t.elapsed());
                 Counters::bump(&stats.c.history_requests);
-                stats.c.history_messages.fetch_add(page.messages.len() as u64, Ordering::Relaxed);
+                stats
+                    .c
+                    .history_messages
+                    .fetch_add(page.messages.len() as u64, Ordering::Relaxed);
                 let seqs: Vec<i64> = page.messages.iter().map(|m| m.seq).collect();
                 let contiguous = seqs.windows(2).all(|w| w[0] == w[1] + 1) && seqs.first().is_none_or(|&s| s < before);
                 if !contiguous {
@@ -577,5 +668,52 @@ async fn history_reader(
                 before = i64::MAX;
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn errors_are_explained() {
+        let mut errors = std::collections::BTreeMap::new();
+        assert!(explain(&errors).is_empty());
+        errors.insert("ack:rate_limited".to_string(), 3);
+        errors.insert("http_429:rate_limited".to_string(), 2);
+        errors.insert("room_setup:http_409:room_full".to_string(), 1);
+        errors.insert("tcp_connect".to_string(), 4);
+        errors.insert("ack_timeout".to_string(), 5);
+        let notes = explain(&errors).join("\n");
+        for want in [
+            "3 sends were refused",
+            "MESSAGES_PER_SECOND",
+            "2 sign-ins",
+            "NONCE_REQUESTS_PER_MINUTE",
+            "MAX_ROOM_MEMBERS",
+            "4 TCP",
+            "5 sends were never acked",
+        ] {
+            assert!(notes.contains(want), "{want} missing from {notes}");
+        }
+    }
+
+    #[test]
+    fn hints_follow_the_defaults() {
+        let cfg = BenchConfig {
+            clients: 1000,
+            room_size: 10,
+            rate: 5000.0,
+            ..Default::default()
+        };
+        let hints = advise(&cfg, &plan::build(&cfg)).join("\n");
+        assert!(hints.contains("50.0 msg/s"), "{hints}");
+        assert!(hints.contains("1000 sign-ins per source address"), "{hints}");
+        let cfg = BenchConfig {
+            clients: 100,
+            rate: 100.0,
+            ..Default::default()
+        };
+        assert!(advise(&cfg, &plan::build(&cfg)).is_empty());
     }
 }

@@ -46,11 +46,27 @@ pub enum EioPacket<'a> {
 /// One Socket.IO packet. `nsp` is `/` when the frame names no namespace.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum SioPacket<'a> {
-    Connect { nsp: &'a str, data: &'a str },
-    Disconnect { nsp: &'a str },
-    Event { nsp: &'a str, ack: Option<u64>, payload: &'a str },
-    Ack { nsp: &'a str, id: u64, payload: &'a str },
-    ConnectError { nsp: &'a str, data: &'a str },
+    Connect {
+        nsp: &'a str,
+        data: &'a str,
+    },
+    Disconnect {
+        nsp: &'a str,
+    },
+    Event {
+        nsp: &'a str,
+        ack: Option<u64>,
+        payload: &'a str,
+    },
+    Ack {
+        nsp: &'a str,
+        id: u64,
+        payload: &'a str,
+    },
+    ConnectError {
+        nsp: &'a str,
+        data: &'a str,
+    },
 }
 
 /// The answer to an Engine.IO ping.
@@ -101,7 +117,11 @@ fn parse_sio(s: &str) -> Result<SioPacket<'_>, FrameError> {
     // Ack id: leading ASCII digits.
     let digits = rest.bytes().take_while(u8::is_ascii_digit).count();
     let id = if digits > 0 {
-        Some(rest[..digits].parse::<u64>().map_err(|_| FrameError("ack id out of range"))?)
+        Some(
+            rest[..digits]
+                .parse::<u64>()
+                .map_err(|_| FrameError("ack id out of range"))?,
+        )
     } else {
         None
     };
@@ -172,7 +192,9 @@ pub fn event_arg<'a, T: Deserialize<'a>>(payload: &'a str) -> Result<T, serde_js
 pub fn ack_arg<'a, T: Deserialize<'a>>(payload: &'a str) -> Result<T, serde_json::Error> {
     #[derive(Deserialize)]
     struct OneOrMore<A>(A, serde::de::IgnoredAny);
-    serde_json::from_str::<(T,)>(payload).map(|t| t.0).or_else(|_| serde_json::from_str::<OneOrMore<T>>(payload).map(|t| t.0))
+    serde_json::from_str::<(T,)>(payload)
+        .map(|t| t.0)
+        .or_else(|_| serde_json::from_str::<OneOrMore<T>>(payload).map(|t| t.0))
 }
 
 /// The error code of a `connect_error` packet: `{"message", "data": {"error": {"code"}}}` as
@@ -222,17 +244,33 @@ mod tests {
     fn socket_io_connect_and_errors() {
         assert_eq!(
             parse("40{\"sid\":\"abc\"}"),
-            Ok(EioPacket::Message(SioPacket::Connect { nsp: "/", data: "{\"sid\":\"abc\"}" }))
+            Ok(EioPacket::Message(SioPacket::Connect {
+                nsp: "/",
+                data: "{\"sid\":\"abc\"}"
+            }))
         );
-        assert_eq!(parse("40"), Ok(EioPacket::Message(SioPacket::Connect { nsp: "/", data: "" })));
+        assert_eq!(
+            parse("40"),
+            Ok(EioPacket::Message(SioPacket::Connect { nsp: "/", data: "" }))
+        );
         assert_eq!(
             parse("40/admin,{\"sid\":\"abc\"}"),
-            Ok(EioPacket::Message(SioPacket::Connect { nsp: "/admin", data: "{\"sid\":\"abc\"}" }))
+            Ok(EioPacket::Message(SioPacket::Connect {
+                nsp: "/admin",
+                data: "{\"sid\":\"abc\"}"
+            }))
         );
         assert_eq!(parse("41"), Ok(EioPacket::Message(SioPacket::Disconnect { nsp: "/" })));
-        assert_eq!(parse("41/admin,"), Ok(EioPacket::Message(SioPacket::Disconnect { nsp: "/admin" })));
-        assert_eq!(parse("41/admin"), Ok(EioPacket::Message(SioPacket::Disconnect { nsp: "/admin" })));
-        let err = r#"44{"message":"invalid token","data":{"error":{"code":"invalid_token","message":"invalid token"}}}"#;
+        assert_eq!(
+            parse("41/admin,"),
+            Ok(EioPacket::Message(SioPacket::Disconnect { nsp: "/admin" }))
+        );
+        assert_eq!(
+            parse("41/admin"),
+            Ok(EioPacket::Message(SioPacket::Disconnect { nsp: "/admin" }))
+        );
+        let err =
+            r#"44{"message":"invalid token","data":{"error":{"code":"invalid_token","message":"invalid token"}}}"#;
         let Ok(EioPacket::Message(SioPacket::ConnectError { nsp: "/", data })) = parse(err) else {
             panic!("not a connect error: {:?}", parse(err));
         };
@@ -248,7 +286,12 @@ mod tests {
     #[test]
     fn events_and_acks() {
         let frame = r#"42["message",{"room_id":"r1","seq":3,"body":"hi"}]"#;
-        let Ok(EioPacket::Message(SioPacket::Event { nsp: "/", ack: None, payload })) = parse(frame) else {
+        let Ok(EioPacket::Message(SioPacket::Event {
+            nsp: "/",
+            ack: None,
+            payload,
+        })) = parse(frame)
+        else {
             panic!("not an event");
         };
         assert_eq!(event_name(payload).as_deref(), Some("message"));
@@ -257,15 +300,30 @@ mod tests {
             room_id: String,
             seq: i64,
         }
-        assert_eq!(event_arg::<M>(payload).ok(), Some(M { room_id: "r1".into(), seq: 3 }));
+        assert_eq!(
+            event_arg::<M>(payload).ok(),
+            Some(M {
+                room_id: "r1".into(),
+                seq: 3
+            })
+        );
 
         let frame = r#"4217["ping",{}]"#;
         assert_eq!(
             parse(frame),
-            Ok(EioPacket::Message(SioPacket::Event { nsp: "/", ack: Some(17), payload: r#"["ping",{}]"# }))
+            Ok(EioPacket::Message(SioPacket::Event {
+                nsp: "/",
+                ack: Some(17),
+                payload: r#"["ping",{}]"#
+            }))
         );
         let frame = r#"4312[{"ok":true,"message":{"seq":9}}]"#;
-        let Ok(EioPacket::Message(SioPacket::Ack { nsp: "/", id: 12, payload })) = parse(frame) else {
+        let Ok(EioPacket::Message(SioPacket::Ack {
+            nsp: "/",
+            id: 12,
+            payload,
+        })) = parse(frame)
+        else {
             panic!("not an ack");
         };
         #[derive(Deserialize)]
@@ -283,13 +341,20 @@ mod tests {
         // Namespaced ack.
         assert_eq!(
             parse("43/chat,5[1]"),
-            Ok(EioPacket::Message(SioPacket::Ack { nsp: "/chat", id: 5, payload: "[1]" }))
+            Ok(EioPacket::Message(SioPacket::Ack {
+                nsp: "/chat",
+                id: 5,
+                payload: "[1]"
+            }))
         );
     }
 
     #[test]
     fn event_names() {
-        assert_eq!(event_name(r#"["session:end",{"code":"shutdown"}]"#).as_deref(), Some("session:end"));
+        assert_eq!(
+            event_name(r#"["session:end",{"code":"shutdown"}]"#).as_deref(),
+            Some("session:end")
+        );
         assert_eq!(event_name(r#"[ "presence" , {}]"#).as_deref(), Some("presence"));
         assert_eq!(event_name(r#"["only"]"#).as_deref(), Some("only"));
         assert_eq!(event_name(r#"["a\"b",1]"#).as_deref(), Some("a\"b"));
@@ -303,11 +368,21 @@ mod tests {
     fn encoders_round_trip() {
         let c = encode_connect(&json!({"token": "t\"ok"})).unwrap_or_default();
         assert_eq!(c, r#"40{"token":"t\"ok"}"#);
-        assert_eq!(parse(&c), Ok(EioPacket::Message(SioPacket::Connect { nsp: "/", data: r#"{"token":"t\"ok"}"# })));
+        assert_eq!(
+            parse(&c),
+            Ok(EioPacket::Message(SioPacket::Connect {
+                nsp: "/",
+                data: r#"{"token":"t\"ok"}"#
+            }))
+        );
 
-        let e = encode_event(Some(7), "message:send", &json!({"room_id": "r", "body": "{\"q\":1}"})).unwrap_or_default();
+        let e =
+            encode_event(Some(7), "message:send", &json!({"room_id": "r", "body": "{\"q\":1}"})).unwrap_or_default();
         assert_eq!(e, r#"427["message:send",{"body":"{\"q\":1}","room_id":"r"}]"#);
-        let Ok(EioPacket::Message(SioPacket::Event { ack: Some(7), payload, .. })) = parse(&e) else {
+        let Ok(EioPacket::Message(SioPacket::Event {
+            ack: Some(7), payload, ..
+        })) = parse(&e)
+        else {
             panic!("round trip");
         };
         assert_eq!(event_name(payload).as_deref(), Some("message:send"));

@@ -36,7 +36,9 @@ fn new_histogram() -> Histogram<u64> {
 
 impl Default for Hist {
     fn default() -> Self {
-        Hist { inner: Mutex::new((new_histogram(), new_histogram())) }
+        Hist {
+            inner: Mutex::new((new_histogram(), new_histogram())),
+        }
     }
 }
 
@@ -197,7 +199,9 @@ impl Stats {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Seen {
     /// First time; `out_of_order` when a higher seq of this room was seen before.
-    First { out_of_order: bool },
+    First {
+        out_of_order: bool,
+    },
     Duplicate,
     /// A seq the protocol cannot produce (below 1, or absurdly large).
     Invalid,
@@ -276,20 +280,28 @@ pub struct Reconciled {
 
 impl Ledger {
     pub fn new(users: usize) -> Ledger {
-        Ledger { rows: (0..users).map(|_| Mutex::new(Vec::new())).collect() }
+        Ledger {
+            rows: (0..users).map(|_| Mutex::new(Vec::new())).collect(),
+        }
     }
 
     /// Notes a message about to be sent by `sender`; returns its `q` (from 1).
     pub fn sent(&self, sender: usize) -> u64 {
         let Some(row) = self.rows.get(sender) else { return 0 };
         let mut row = row.lock();
-        row.push(MsgRecord { state: MsgState::Pending, expected: 0, delivered: 0 });
+        row.push(MsgRecord {
+            state: MsgState::Pending,
+            expected: 0,
+            delivered: 0,
+        });
         row.len() as u64
     }
 
     fn with(&self, sender: usize, q: u64, f: impl FnOnce(&mut MsgRecord)) -> bool {
         let Some(row) = self.rows.get(sender) else { return false };
-        let Some(i) = q.checked_sub(1).and_then(|i| usize::try_from(i).ok()) else { return false };
+        let Some(i) = q.checked_sub(1).and_then(|i| usize::try_from(i).ok()) else {
+            return false;
+        };
         let mut row = row.lock();
         match row.get_mut(i) {
             Some(r) => {
@@ -362,7 +374,11 @@ pub fn message_body(stamp: &Stamp, payload_bytes: usize, padding: &str) -> Strin
     // `,"p":""}` is 8 bytes.
     let room = payload_bytes.saturating_sub(head.len() + 8);
     let pad = &padding[..room.min(padding.len())];
-    if pad.is_empty() { format!("{head}}}") } else { format!("{head},\"p\":\"{pad}\"}}") }
+    if pad.is_empty() {
+        format!("{head}}}")
+    } else {
+        format!("{head},\"p\":\"{pad}\"}}")
+    }
 }
 
 /// Reads a body written by [`message_body`]; `None` for anything else.
@@ -391,7 +407,14 @@ mod tests {
         assert_eq!(t.observe(i64::MAX), Seen::Invalid);
         // Across word boundaries.
         for s in 60..200 {
-            assert_eq!(t.observe(s), if s <= 6 { Seen::Duplicate } else { Seen::First { out_of_order: false } });
+            assert_eq!(
+                t.observe(s),
+                if s <= 6 {
+                    Seen::Duplicate
+                } else {
+                    Seen::First { out_of_order: false }
+                }
+            );
         }
         assert_eq!(t.observe(64), Seen::Duplicate);
         assert_eq!(t.observe(65), Seen::Duplicate);
@@ -482,7 +505,11 @@ mod tests {
     #[test]
     fn bodies_round_trip_and_pad() {
         let padding = "x".repeat(1000);
-        let s = Stamp { s: 12, q: 345, t: 6_789_000 };
+        let s = Stamp {
+            s: 12,
+            q: 345,
+            t: 6_789_000,
+        };
         let short = message_body(&s, 0, &padding);
         assert_eq!(short, r#"{"s":12,"q":345,"t":6789000}"#);
         assert_eq!(parse_stamp(&short), Some(s.clone()));

@@ -21,7 +21,10 @@ pub fn raise_nofile(wanted: u64) -> NofileLimit {
             .unwrap_or(1 << 20);
         let target = wanted.min(ceiling);
         if target > hard && Resource::NOFILE.set(target, target).is_ok() {
-            return NofileLimit { soft: target, hard: target };
+            return NofileLimit {
+                soft: target,
+                hard: target,
+            };
         }
     }
     if soft < hard && Resource::NOFILE.set(hard, hard).is_ok() {

@@ -5,6 +5,7 @@
 //! whose outgoing buffer (`limits.socket_buffer_packets`) is full is too slow to keep up and is
 //! disconnected rather than allowed to grow memory. Its client reconnects and calls `sync`.
 
+use super::reorder::Resequencer;
 use super::socket::{end_session, force_disconnect, token_room, user_room};
 use crate::bus::BusEvent;
 use futures::StreamExt;
@@ -15,10 +16,34 @@ use serde_json::value::RawValue;
 use socketioxide::extract::SocketRef;
 use socketioxide::operators::BroadcastOperators;
 use socketioxide::{SocketError, SocketIo};
+use std::time::{Duration, Instant};
+
+/// How long a message may wait for an earlier `seq` of its room (see [`Resequencer`]).
+const MAX_HOLD: Duration = Duration::from_millis(50);
+/// Most messages held per room.
+const MAX_HELD: usize = 1024;
 
 pub async fn run(io: SocketIo, mut events: BoxStream<'static, BusEvent>) {
-    while let Some(event) = events.next().await {
-        dispatch(&io, event).await;
+    let mut order = Resequencer::new(MAX_HOLD, MAX_HELD);
+    let mut flush = tokio::time::interval(MAX_HOLD / 2);
+    flush.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            event = events.next() => match event {
+                Some(BusEvent::MessageCreated { message }) => {
+                    for m in order.push(message, Instant::now()) {
+                        deliver(io.to(m.room_id.clone()), "message", &m);
+                    }
+                }
+                Some(event) => dispatch(&io, event).await,
+                None => return,
+            },
+            _ = flush.tick() => {
+                for m in order.flush_due(Instant::now()) {
+                    deliver(io.to(m.room_id.clone()), "message", &m);
+                }
+            }
+        }
     }
 }
 

@@ -6,6 +6,7 @@
 //! about chat semantics, that `if` belongs in the service.
 
 mod fanout;
+mod reorder;
 mod rest;
 mod socket;
 
