@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs every test: formatting and lints, Rust unit and integration tests (real SQLite files),
-# and the end-to-end suite (the real `coolchat serve` binary driven by the official npm
-# socket.io-client, ethers v6 and siwe). Needs: the Rust toolchain, Node.js >= 20 with npm.
+# the end-to-end suite (the real `coolchat serve` and `coolchat admin` binaries driven by the
+# official npm socket.io-client, ethers v6 and siwe), and a short `coolchat bench` smoke run
+# with strict loss/duplicate gates. Needs: the Rust toolchain, Node.js >= 20 with npm.
 # Usage: scripts/test.sh            (from the repository root or anywhere)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -21,5 +22,8 @@ cargo test --locked
 echo "==> end-to-end (node --test tests/e2e)"
 (cd tests/e2e && npm ci --no-audit --no-fund --loglevel=error)
 COOLCHAT_BIN="$PWD/target/debug/coolchat" node --test --test-concurrency=1 tests/e2e/
+
+echo "==> bench smoke (scripts/bench-smoke.sh: real clients, lost==0 and duplicated==0 gates)"
+COOLCHAT_BIN="$PWD/target/debug/coolchat" scripts/bench-smoke.sh
 
 echo "==> all tests passed"
