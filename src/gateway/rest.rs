@@ -400,6 +400,21 @@ pub fn routes(svc: ChatService) -> BoxedFilter<(Response,)> {
         })
         .boxed();
 
+    let reads: Resp = api
+        .and(warp::path!("rooms" / String / "reads"))
+        .and(warp::get())
+        .and(with_svc(svc.clone()))
+        .and(bearer())
+        .then(|room_id: String, svc: ChatService, bearer: Option<String>| async move {
+            let result = async {
+                let who = authed(&svc, bearer).await?;
+                Ok(json!({ "reads": svc.read_markers(&who, &room_id).await? }))
+            }
+            .await;
+            respond(StatusCode::OK, result)
+        })
+        .boxed();
+
     let history: Resp = api
         .and(warp::path!("rooms" / String / "messages"))
         .and(warp::get())
@@ -485,6 +500,8 @@ pub fn routes(svc: ChatService) -> BoxedFilter<(Response,)> {
         .or(member_remove)
         .unify()
         .or(dm_open)
+        .unify()
+        .or(reads)
         .unify()
         .or(history)
         .unify()

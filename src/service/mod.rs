@@ -572,6 +572,19 @@ impl ChatService {
         Ok(stored)
     }
 
+    /// Every member's read marker in a room the caller belongs to: what `read` events carried,
+    /// for a client that was offline when they were sent.
+    pub async fn read_markers(&self, who: &Identity, room_id: &str) -> Result<Vec<ReadMarker>> {
+        self.room(who, room_id).await?;
+        Ok(self
+            .store()
+            .read_markers(room_id)
+            .await?
+            .into_iter()
+            .map(|(address, seq)| ReadMarker { address, seq })
+            .collect())
+    }
+
     // --- presence ------------------------------------------------------------------------
 
     /// A socket of `who` connected. Refuses past the per-user socket limit.

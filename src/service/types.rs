@@ -73,3 +73,10 @@ pub struct SyncResult {
     pub messages: Vec<Message>,
     pub has_more: bool,
 }
+
+/// One member's read position in a room.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ReadMarker {
+    pub address: Address,
+    pub seq: i64,
+}

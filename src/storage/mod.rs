@@ -139,6 +139,8 @@ pub trait Store: Send + Sync + 'static {
     async fn find_by_client_msg_id(&self, sender: Address, client_msg_id: &str) -> Result<Option<Message>>;
     /// Stores the highest `seq` an address has read in a room (never moves backwards).
     async fn set_read_marker(&self, room_id: &str, address: Address, seq: i64) -> Result<i64>;
+    /// Every member's read marker in a room (0 for members who read nothing), by address.
+    async fn read_markers(&self, room_id: &str) -> Result<Vec<(Address, i64)>>;
 
     // --- scheduled messages --------------------------------------------------------------
     /// Idempotent on `(sender, client_msg_id)`, like `append_message`. Returns `(scheduled,

@@ -1364,6 +1364,19 @@ impl Store for SqliteStore {
         .await
     }
 
+    async fn read_markers(&self, room_id: &str) -> Result<Vec<(Address, i64)>> {
+        let room_id = room_id.to_string();
+        self.read(move |c| {
+            query_all(
+                c,
+                "SELECT address, read_seq FROM members WHERE room_id = ?1 ORDER BY address",
+                [room_id],
+                |r| Ok((parse_address(&r.get::<_, String>(0).db()?)?, r.get::<_, i64>(1).db()?)),
+            )
+        })
+        .await
+    }
+
     async fn is_member(&self, room_id: &str, address: Address) -> Result<bool> {
         let room_id = room_id.to_string();
         self.read(move |c| member_exists(c, &room_id, address)).await

@@ -110,6 +110,24 @@ describe('read receipts', () => {
     sb2.close();
   });
 
+  it('GET /rooms/{id}/reads returns every member\'s marker, for clients that were offline', async () => {
+    const a = await newUser(ctx.url);
+    const b = await newUser(ctx.url);
+    const outsider = await newUser(ctx.url);
+    const room = await createRoom(ctx.url, a.token, 'reads', [b.address]);
+    const sa = await connect(ctx.url, a.token);
+    for (let i = 0; i < 4; i++) await sendOk(sa, room.id, `m${i}`);
+    const ack = await emitAck(sa, 'read', { room_id: room.id, seq: 3 });
+    assert.equal(ack.ok, true, JSON.stringify(ack));
+    const res = await api.get(ctx.url, `/api/v1/rooms/${room.id}/reads`, { token: b.token });
+    assert.equal(res.status, 200, JSON.stringify(res.json));
+    const bySender = Object.fromEntries(res.json.reads.map((r) => [r.address, r.seq]));
+    assert.deepEqual(bySender, { [a.address]: 3, [b.address]: 0 });
+    const refused = await api.get(ctx.url, `/api/v1/rooms/${room.id}/reads`, { token: outsider.token });
+    assert.equal(refused.status, 403);
+    assert.equal(refused.json.error.code, 'not_member');
+  });
+
   it('read refusals: not_member, room_not_found, invalid_request', async () => {
     const a = await newUser(ctx.url);
     const b = await newUser(ctx.url);
