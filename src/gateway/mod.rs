@@ -11,7 +11,7 @@ mod rest;
 mod socket;
 
 use crate::bus::EndReason;
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::service::ChatService;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
@@ -89,11 +89,4 @@ pub async fn serve(listener: TcpListener, svc: ChatService, stop: CancellationTo
         tracing::warn!(grace_secs = grace.as_secs(), "some connections did not finish in time");
     }
     Ok(())
-}
-
-/// Binds the listener, turning the OS error into a clear one.
-pub async fn bind(addr: SocketAddr) -> Result<TcpListener> {
-    TcpListener::bind(addr)
-        .await
-        .map_err(|e| Error::Backend(format!("cannot listen on {addr}: {e}")))
 }
