@@ -35,7 +35,9 @@ pub async fn run(args: ServeArgs) -> Result<ExitCode> {
     coolchat::logging::init(&config.server.log_level, config.server.production);
     raise_open_file_limit();
     let addr = config.listen_addr()?;
-    let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("cannot listen on {addr}"))?;
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("cannot listen on {addr}"))?;
     let local = listener.local_addr().context("reading the bound address")?;
     let public_url = if config.server.public_url.is_empty() {
         format!("http://{local}")

@@ -90,6 +90,32 @@ pub struct MediaRef {
     pub name: Option<String>,
 }
 
+/// What the durable store keeps about an uploaded media object (the bytes live in the
+/// [`MediaStore`](crate::media::MediaStore)).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MediaMeta {
+    pub id: String,
+    pub uploader: Address,
+    pub content_type: String,
+    pub size: u64,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub name: Option<String>,
+    #[serde(with = "rfc3339")]
+    pub created_at: OffsetDateTime,
+}
+
+impl MediaMeta {
+    /// The reference a message carries.
+    pub fn to_ref(&self) -> MediaRef {
+        MediaRef {
+            id: self.id.clone(),
+            content_type: self.content_type.clone(),
+            size: self.size,
+            name: self.name.clone(),
+        }
+    }
+}
+
 /// A persisted message. `seq` is gap-free per room; `id` is globally unique.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Message {

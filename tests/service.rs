@@ -1501,3 +1501,225 @@ async fn a_restart_keeps_history_and_sessions() {
     assert_eq!(send(&svc, &who, &room.id, "m6", "c6").await.seq, 6);
     backends.store.close().await.unwrap();
 }
+
+// --- media -----------------------------------------------------------------------------------------
+
+fn chunks(parts: Vec<Vec<u8>>) -> coolchat::media::ByteStream {
+    use futures::StreamExt;
+    futures::stream::iter(parts.into_iter().map(|p| Ok(bytes::Bytes::from(p)))).boxed()
+}
+
+async fn read_all(body: coolchat::media::ByteStream) -> Vec<u8> {
+    use futures::StreamExt;
+    let parts: Vec<bytes::Bytes> = body.map(|c| c.unwrap()).collect().await;
+    parts.concat()
+}
+
+fn with_media(room_id: &str, body: &str, client_msg_id: &str, media: Vec<String>) -> coolchat::service::SendRequest {
+    coolchat::service::SendRequest {
+        media,
+        ..req(room_id, body, client_msg_id)
+    }
+}
+
+#[tokio::test]
+async fn media_upload_download_and_the_access_rule() {
+    let node = node().await;
+    let (a, b, c) = (user(&node.svc).await, user(&node.svc).await, user(&node.svc).await);
+    let room = node.svc.create_room(&a.id, "pics", &[b.address]).await.unwrap();
+    let r = node
+        .svc
+        .upload_media(
+            &a.id,
+            "Image/PNG",
+            Some(" cat.png ".into()),
+            chunks(vec![b"hello ".to_vec(), b"world".to_vec()]),
+            Some(11),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        (r.content_type.as_str(), r.size, r.name.as_deref()),
+        ("image/png", 11, Some("cat.png"))
+    );
+    let meta = node.backends.store.get_media_meta(&r.id).await.unwrap().unwrap();
+    assert_eq!(meta.uploader, a.address);
+
+    let down = node.svc.download_media(&a.id, &r.id).await.unwrap();
+    assert_eq!((down.size, down.meta.content_type.as_str()), (11, "image/png"));
+    assert_eq!(read_all(down.body).await, b"hello world");
+    // Not yet carried by any message: only the uploader.
+    assert_eq!(code(node.svc.download_media(&b.id, &r.id).await), "not_found");
+
+    let sent = match node
+        .svc
+        .send(&a.id, with_media(&room.id, "look", "m1", vec![r.id.clone()]))
+        .await
+        .unwrap()
+    {
+        SendOutcome::Sent { message, .. } => message,
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(sent.media, vec![r.clone()]);
+    assert_eq!(
+        read_all(node.svc.download_media(&b.id, &r.id).await.unwrap().body).await,
+        b"hello world"
+    );
+    assert_eq!(
+        code(node.svc.download_media(&c.id, &r.id).await),
+        "not_found",
+        "non-member"
+    );
+    assert_eq!(
+        code(node.svc.download_media(&c.id, "nope").await),
+        "not_found",
+        "unknown"
+    );
+
+    // Retries: same media is the same message; different media is a conflict.
+    match node
+        .svc
+        .send(&a.id, with_media(&room.id, "look", "m1", vec![r.id.clone()]))
+        .await
+        .unwrap()
+    {
+        SendOutcome::Sent { message, created } => assert!(!created && message.id == sent.id),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(
+        code(node.svc.send(&a.id, with_media(&room.id, "look", "m1", vec![])).await),
+        "idempotency_conflict"
+    );
+}
+
+#[tokio::test]
+async fn media_upload_limits_and_validation() {
+    let node = node_with(|cfg| cfg.media.max_upload_bytes = 10).await;
+    let a = user(&node.svc).await;
+    let media_dir = node.dir.path().join("media");
+    let files = || walkdir(&media_dir);
+    // Declared too large: refused up front.
+    assert_eq!(
+        code(
+            node.svc
+                .upload_media(&a.id, "image/png", None, chunks(vec![vec![0; 5]]), Some(11))
+                .await
+        ),
+        "payload_too_large"
+    );
+    // Undeclared and too large: refused while streaming, nothing stored.
+    assert_eq!(
+        code(
+            node.svc
+                .upload_media(&a.id, "image/png", None, chunks(vec![vec![0; 6], vec![0; 6]]), None)
+                .await
+        ),
+        "payload_too_large"
+    );
+    assert_eq!(files(), 0);
+    for bad in [
+        "image",
+        "/png",
+        "image/",
+        "image/png; q=1",
+        "a b/c",
+        "",
+        &format!("x/{}", "y".repeat(130)),
+    ] {
+        assert_eq!(
+            code(
+                node.svc
+                    .upload_media(&a.id, bad, None, chunks(vec![vec![1]]), Some(1))
+                    .await
+            ),
+            "invalid_request",
+            "{bad:?}"
+        );
+    }
+    assert_eq!(
+        code(
+            node.svc
+                .upload_media(&a.id, "text/plain", Some("a\nb".into()), chunks(vec![vec![1]]), Some(1))
+                .await
+        ),
+        "invalid_request"
+    );
+    assert_eq!(files(), 0);
+    let ok = node
+        .svc
+        .upload_media(&a.id, "application/vnd.api+json", None, chunks(vec![vec![1; 10]]), None)
+        .await
+        .unwrap();
+    assert_eq!((ok.size, ok.name), (10, None));
+    assert_eq!(files(), 1);
+}
+
+fn walkdir(dir: &std::path::Path) -> usize {
+    std::fs::read_dir(dir)
+        .map(|entries| {
+            entries
+                .map(|e| e.unwrap().path())
+                .map(|p| if p.is_dir() { walkdir(&p) } else { 1 })
+                .sum()
+        })
+        .unwrap_or(0)
+}
+
+#[tokio::test]
+async fn attaching_media_requires_own_existing_uploads() {
+    let node = node().await;
+    let (a, b) = (user(&node.svc).await, user(&node.svc).await);
+    let room = node.svc.create_room(&a.id, "r", &[b.address]).await.unwrap();
+    let of_b = node
+        .svc
+        .upload_media(&b.id, "text/plain", None, chunks(vec![b"b".to_vec()]), Some(1))
+        .await
+        .unwrap();
+    let mut mine = Vec::new();
+    for _ in 0..11 {
+        mine.push(
+            node.svc
+                .upload_media(&a.id, "text/plain", None, chunks(vec![b"a".to_vec()]), Some(1))
+                .await
+                .unwrap()
+                .id,
+        );
+    }
+    let send =
+        |body: &str, cmid: &str, media: Vec<String>| node.svc.send(&a.id, with_media(&room.id, body, cmid, media));
+    assert_eq!(
+        code(send("x", "1", vec![of_b.id.clone()]).await),
+        "invalid_request",
+        "someone else's"
+    );
+    assert_eq!(
+        code(send("x", "2", vec!["missing".into()]).await),
+        "invalid_request",
+        "unknown"
+    );
+    assert_eq!(code(send("x", "3", mine.clone()).await), "invalid_request", "eleven");
+    assert_eq!(
+        code(send("x", "4", vec![mine[0].clone(), mine[0].clone()]).await),
+        "invalid_request",
+        "twice"
+    );
+    // Nothing of the refused sends consumed a seq.
+    assert_eq!(node.svc.room(&a.id, &room.id).await.unwrap().last_seq, 0);
+    // Media cannot be scheduled.
+    let later = model::fmt_time(model::now_ms() + Duration::from_secs(60));
+    let mut scheduled = with_media(&room.id, "later", "5", vec![mine[0].clone()]);
+    scheduled.deliver_at = Some(later);
+    assert_eq!(code(node.svc.send(&a.id, scheduled).await), "invalid_request");
+    // Ten is the maximum; a media-only message may have an empty body (text-only may not).
+    match send("", "6", mine[..10].to_vec()).await.unwrap() {
+        SendOutcome::Sent { message, .. } => {
+            assert_eq!(
+                message.media.iter().map(|m| m.id.clone()).collect::<Vec<_>>(),
+                mine[..10].to_vec()
+            );
+            assert_eq!(message.seq, 1);
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(code(send(" ", "7", vec![]).await), "invalid_request");
+}

@@ -1677,3 +1677,111 @@ async fn operator_queries_use_their_indexes() {
         assert!(!plan.contains("TEMP B-TREE"), "{sql} sorts:\n  → {plan}");
     }
 }
+
+// --- media metadata ------------------------------------------------------------------------------
+
+fn media_meta(id: &str, uploader: Address) -> model::MediaMeta {
+    model::MediaMeta {
+        id: id.into(),
+        uploader,
+        content_type: "image/png".into(),
+        size: 1234,
+        name: Some("cat.png".into()),
+        created_at: model::now_ms(),
+    }
+}
+
+#[tokio::test]
+async fn media_meta_round_trips_refuses_a_taken_id_and_survives_reopen() {
+    let (_dir, path, store) = fresh();
+    assert_eq!(store.get_media_meta("m1").await.unwrap(), None);
+    let meta = media_meta("m1", addr(1));
+    store.put_media_meta(meta.clone()).await.unwrap();
+    assert_eq!(store.get_media_meta("m1").await.unwrap(), Some(meta.clone()));
+    let nameless = model::MediaMeta {
+        name: None,
+        ..media_meta("m2", addr(2))
+    };
+    store.put_media_meta(nameless.clone()).await.unwrap();
+    assert_eq!(store.get_media_meta("m2").await.unwrap(), Some(nameless));
+    let taken = store.put_media_meta(media_meta("m1", addr(3))).await.unwrap_err();
+    assert_eq!(taken.code(), "invalid_request");
+    assert_eq!(
+        store.get_media_meta("m1").await.unwrap(),
+        Some(meta.clone()),
+        "unchanged"
+    );
+    store.close().await.unwrap();
+    drop(store);
+    let store = SqliteStore::open(&path, opts()).unwrap();
+    assert_eq!(store.get_media_meta("m1").await.unwrap(), Some(meta));
+    store.close().await.unwrap();
+}
+
+#[tokio::test]
+async fn media_is_visible_to_members_of_rooms_whose_live_messages_carry_it() {
+    let (_dir, _path, store) = fresh();
+    let (a, b, c) = (addr(1), addr(2), addr(3));
+    group(&store, "r1", &[a, b]).await;
+    group(&store, "r2", &[c]).await;
+    let meta = media_meta("m1", a);
+    store.put_media_meta(meta.clone()).await.unwrap();
+    // Uploaded but carried by no message: visible to nobody through rooms.
+    for who in [a, b, c] {
+        assert!(!store.media_visible_to("m1", who).await.unwrap());
+    }
+    let mut with_media = msg("r1", a, "c1", "look");
+    with_media.media = vec![meta.to_ref()];
+    let appended = store.append_message(with_media.clone()).await.unwrap();
+    assert_eq!(appended.message.media, vec![meta.to_ref()]);
+    assert_eq!(
+        store.get_message(&appended.message.id).await.unwrap().unwrap().media,
+        vec![meta.to_ref()]
+    );
+    // A retry appends nothing (and writes no second mapping).
+    assert!(!store.append_message(with_media).await.unwrap().created);
+    assert!(store.media_visible_to("m1", a).await.unwrap());
+    assert!(store.media_visible_to("m1", b).await.unwrap());
+    assert!(!store.media_visible_to("m1", c).await.unwrap(), "not a member of r1");
+    assert!(!store.media_visible_to("other", b).await.unwrap(), "another id");
+    // Leaving the room ends it.
+    store.remove_member("r1", b).await.unwrap();
+    assert!(!store.media_visible_to("m1", b).await.unwrap());
+    // Deleting the message withdraws it from everyone.
+    store.tombstone_message(&appended.message.id).await.unwrap();
+    assert!(!store.media_visible_to("m1", a).await.unwrap());
+    store.close().await.unwrap();
+}
+
+#[tokio::test]
+async fn the_media_migration_backfills_messages_that_already_carry_media() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("v2.db");
+    {
+        let raw = rusqlite::Connection::open(&path).unwrap();
+        raw.execute_batch(MIGRATIONS[0]).unwrap();
+        raw.execute_batch(MIGRATIONS[1]).unwrap();
+        raw.execute_batch("PRAGMA user_version = 2").unwrap();
+        let a = addr(1).to_lower_hex();
+        raw.execute(
+            "INSERT INTO rooms (id, kind, name, created_by, created_at_ms, last_seq) VALUES ('r', 'group', 'old', ?1, 0, 1)",
+            [&a],
+        )
+        .unwrap();
+        raw.execute(
+            "INSERT INTO members (room_id, address, joined_at_ms, read_seq) VALUES ('r', ?1, 0, 0)",
+            [&a],
+        )
+        .unwrap();
+        raw.execute(
+            "INSERT INTO messages (room_id, seq, id, sender, body, client_msg_id, created_at_ms, media_json)
+             VALUES ('r', 1, 'm1', ?1, 'old', 'c1', 0, '[{\"id\":\"abc\",\"content_type\":\"image/png\",\"size\":3}]')",
+            [&a],
+        )
+        .unwrap();
+    }
+    let store = SqliteStore::open(&path, opts()).unwrap();
+    assert!(store.media_visible_to("abc", addr(1)).await.unwrap());
+    assert!(!store.media_visible_to("abc", addr(2)).await.unwrap());
+    store.close().await.unwrap();
+}

@@ -1,5 +1,8 @@
 //! REST routes (`/api/v1/...`, `/healthz`, `/readyz`, `/metrics`) as warp filters.
 //!
+//! Media routes stream: an upload's body goes to the service as a [`ByteStream`] chunk by chunk,
+//! and a download is served from the media store's stream; neither is ever buffered whole.
+//!
 //! Every handler returns `Result<T, Error>`; [`respond`] renders both arms, so the error
 //! envelope, status and `Retry-After` come from one place. Rejections warp produces by itself
 //! (unknown path, wrong method, oversized body) are rendered into the same envelope by
@@ -8,13 +11,17 @@
 use super::PeerAddr;
 use crate::address::Address;
 use crate::error::{Error, ErrorBody, ErrorObject};
-use crate::service::{ChatService, Identity, SendOutcome, SendRequest};
+use crate::media::ByteStream;
+use crate::service::{ChatService, Identity, MediaDownload, SendOutcome, SendRequest};
 use crate::storage::HistoryPage;
-use bytes::Bytes;
+use bytes::{Buf, Bytes};
+use futures::{Stream, StreamExt};
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
 use serde_json::json;
 use std::convert::Infallible;
+use std::pin::Pin;
+use std::task::{Context, Poll};
 use warp::filters::BoxedFilter;
 use warp::http::StatusCode;
 use warp::reply::Response;
@@ -118,6 +125,72 @@ struct PostMessage {
     client_msg_id: String,
     #[serde(default)]
     deliver_at: Option<String>,
+    #[serde(default)]
+    media: Vec<String>,
+}
+
+/// `POST /api/v1/media?name=...`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct UploadQuery {
+    #[serde(default)]
+    name: Option<String>,
+}
+
+/// warp's streamed reply wants a `Sync` stream; a [`ByteStream`] is only `Send`. The mutex is
+/// never locked: `poll_next` has `&mut self` and uses `Mutex::get_mut`.
+struct SyncStream(std::sync::Mutex<ByteStream>);
+
+impl Stream for SyncStream {
+    type Item = std::io::Result<Bytes>;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let inner = self.get_mut().0.get_mut().unwrap_or_else(|p| p.into_inner());
+        inner.poll_next_unpin(cx)
+    }
+}
+
+/// A request body as the service's [`ByteStream`], chunk by chunk.
+fn byte_stream<S, B>(body: S) -> ByteStream
+where
+    S: Stream<Item = Result<B, warp::Error>> + Send + 'static,
+    B: Buf,
+{
+    body.map(|chunk| {
+        chunk
+            .map(|mut buf| buf.copy_to_bytes(buf.remaining()))
+            .map_err(std::io::Error::other)
+    })
+    .boxed()
+}
+
+/// A download as a streamed 200 with the stored type and size. User-supplied bytes are served
+/// as an attachment, never sniffed and sandboxed, so an uploaded HTML or SVG file cannot run
+/// script in this origin.
+fn media_response(download: MediaDownload) -> Response {
+    let mut resp = warp::reply::stream(SyncStream(std::sync::Mutex::new(download.body))).into_response();
+    let headers = resp.headers_mut();
+    let content_type = http::HeaderValue::from_str(&download.meta.content_type)
+        .unwrap_or_else(|_| http::HeaderValue::from_static("application/octet-stream"));
+    headers.insert(http::header::CONTENT_TYPE, content_type);
+    headers.insert(http::header::CONTENT_LENGTH, http::HeaderValue::from(download.size));
+    headers.insert(
+        http::header::X_CONTENT_TYPE_OPTIONS,
+        http::HeaderValue::from_static("nosniff"),
+    );
+    headers.insert(
+        http::header::CONTENT_DISPOSITION,
+        http::HeaderValue::from_static("attachment"),
+    );
+    headers.insert(
+        http::header::CONTENT_SECURITY_POLICY,
+        http::HeaderValue::from_static("default-src 'none'; sandbox"),
+    );
+    headers.insert(
+        http::header::CACHE_CONTROL,
+        http::HeaderValue::from_static("private, max-age=86400"),
+    );
+    resp
 }
 
 /// Parses `after_seq` / `before_seq` / `limit` with clear errors.
@@ -452,6 +525,7 @@ pub fn routes(svc: ChatService) -> BoxedFilter<(Response,)> {
                             body: req.body,
                             client_msg_id: req.client_msg_id,
                             deliver_at: req.deliver_at,
+                            media: req.media,
                         },
                     )
                     .await
@@ -470,6 +544,56 @@ pub fn routes(svc: ChatService) -> BoxedFilter<(Response,)> {
                 }
             },
         )
+        .boxed();
+
+    // The upload's own limit replaces `max_http_body_bytes`; a missing Content-Length is 411 and
+    // an announced length over the limit 413, both before any byte is read.
+    let max_upload = svc.config().media.max_upload_bytes;
+    let media_upload: Resp = api
+        .and(warp::path!("media"))
+        .and(warp::post())
+        .and(with_svc(svc.clone()))
+        .and(bearer())
+        .and(warp::header::optional::<String>("content-type"))
+        .and(warp::query::<UploadQuery>())
+        .and(warp::body::content_length_limit(max_upload))
+        .and(warp::header::optional::<u64>("content-length"))
+        .and(warp::body::stream().map(byte_stream))
+        .then(
+            |svc: ChatService,
+             bearer: Option<String>,
+             content_type: Option<String>,
+             query: UploadQuery,
+             length: Option<u64>,
+             body: ByteStream| async move {
+                let result = async {
+                    let who = authed(&svc, bearer).await?;
+                    let content_type = content_type
+                        .ok_or_else(|| Error::InvalidRequest("a Content-Type header is required".into()))?;
+                    svc.upload_media(&who, &content_type, query.name, body, length).await
+                }
+                .await;
+                respond(StatusCode::CREATED, result)
+            },
+        )
+        .boxed();
+
+    let media_get: Resp = api
+        .and(warp::path!("media" / String))
+        .and(warp::get())
+        .and(with_svc(svc.clone()))
+        .and(bearer())
+        .then(|id: String, svc: ChatService, bearer: Option<String>| async move {
+            let result = async {
+                let who = authed(&svc, bearer).await?;
+                svc.download_media(&who, &id).await
+            }
+            .await;
+            match result {
+                Ok(download) => media_response(download),
+                Err(e) => error_response(&e),
+            }
+        })
         .boxed();
 
     healthz
@@ -506,6 +630,10 @@ pub fn routes(svc: ChatService) -> BoxedFilter<(Response,)> {
         .or(history)
         .unify()
         .or(post_message)
+        .unify()
+        .or(media_upload)
+        .unify()
+        .or(media_get)
         .unify()
         .recover(rejection)
         .unify()

@@ -1,7 +1,7 @@
 //! The chat service: every rule of CoolChat, over the backend traits.
 //!
 //! Sign-in, sessions, rooms and membership, sending (idempotence, limits, scheduling), history,
-//! `sync`, typing, read receipts and presence. The gateway calls these methods and renders the
+//! `sync`, typing, read receipts, presence and media attachments. The gateway calls these methods and renders the
 //! result; the admin CLI and the worker call the same methods. What must not live here: any
 //! HTTP, Socket.IO or database type. What must not live anywhere else: a rule.
 
@@ -15,8 +15,8 @@ use crate::bus::{Bus, BusEvent, EndReason};
 use crate::config::{Config, PublicOrigin};
 use crate::ephemeral::{EphemeralState, RateLimit};
 use crate::error::{Error, Result, SiweRefusal};
-use crate::media::MediaStore;
-use crate::model::{self, Message, NewMessage, Room, RoomKind, ScheduledMessage, Session};
+use crate::media::{ByteStream, MediaStore};
+use crate::model::{self, MediaMeta, MediaRef, Message, NewMessage, Room, RoomKind, ScheduledMessage, Session};
 use crate::queue::{SendJob, SendQueue};
 use crate::storage::{HistoryPage, MembershipLimits, NewRoom, Store};
 use std::collections::{BTreeSet, HashMap};
@@ -378,7 +378,11 @@ impl ChatService {
         Ok(HistoryResult { messages, has_more })
     }
 
-    /// Sends (or schedules) a message. Idempotent on `(sender, client_msg_id)`.
+    /// Sends (or schedules) a message. Idempotent on `(sender, client_msg_id)`: a retry must
+    /// carry the same room, body and media ids (in the same order).
+    ///
+    /// `media` holds ids of objects the sender uploaded ([`Self::upload_media`]); a message with
+    /// media may have an empty body. Media cannot be scheduled (`deliver_at`).
     pub async fn send(&self, who: &Identity, req: SendRequest) -> Result<SendOutcome> {
         let limits = &self.inner.config.limits;
         if req.client_msg_id.is_empty() || req.client_msg_id.len() > limits.max_client_msg_id_bytes {
@@ -393,7 +397,15 @@ impl ChatService {
                 limit: limits.max_body_bytes,
             });
         }
-        if req.body.trim().is_empty() {
+        if req.media.len() > MAX_MEDIA_PER_MESSAGE {
+            return Err(Error::InvalidRequest(format!(
+                "a message carries at most {MAX_MEDIA_PER_MESSAGE} media"
+            )));
+        }
+        if req.media.iter().collect::<BTreeSet<_>>().len() != req.media.len() {
+            return Err(Error::InvalidRequest("media lists the same id twice".into()));
+        }
+        if req.body.trim().is_empty() && req.media.is_empty() {
             return Err(Error::InvalidRequest("body must not be empty".into()));
         }
         // A retry is answered from the store before any limit applies: retrying must never be
@@ -404,7 +416,11 @@ impl ChatService {
             .await?
         {
             // A tombstone answers its retries as itself (its body is gone, so no comparison).
-            if !existing.deleted && (existing.room_id != req.room_id || existing.body != req.body) {
+            if !existing.deleted
+                && (existing.room_id != req.room_id
+                    || existing.body != req.body
+                    || !existing.media.iter().map(|m| &m.id).eq(req.media.iter()))
+            {
                 return Err(Error::IdempotencyConflict);
             }
             return Ok(SendOutcome::Sent {
@@ -428,8 +444,11 @@ impl ChatService {
                 (at > now).then_some(at)
             }
         };
+        if deliver_at.is_some() && !req.media.is_empty() {
+            return Err(Error::InvalidRequest("a message with media cannot be scheduled".into()));
+        }
         if let Some(existing) = self.store().find_scheduled(who.address, &req.client_msg_id).await? {
-            if existing.room_id != req.room_id || existing.body != req.body {
+            if existing.room_id != req.room_id || existing.body != req.body || !req.media.is_empty() {
                 return Err(Error::IdempotencyConflict);
             }
             return Ok(SendOutcome::Scheduled {
@@ -437,6 +456,7 @@ impl ChatService {
                 created: false,
             });
         }
+        let media = self.attachable_media(who, &req.media).await?;
         let limit = RateLimit {
             per_second: limits.messages_per_second,
             burst: limits.message_burst,
@@ -472,7 +492,7 @@ impl ChatService {
             body: req.body,
             client_msg_id: req.client_msg_id,
             created_at: now,
-            media: vec![],
+            media,
         });
         let appended = self
             .inner
@@ -485,6 +505,95 @@ impl ChatService {
             message: appended.message,
             created: appended.created,
         })
+    }
+
+    /// The references of media ids a sender may attach: each must exist and have been uploaded
+    /// by the sender (anything else is `invalid_request`, whether it exists or not).
+    async fn attachable_media(&self, who: &Identity, ids: &[String]) -> Result<Vec<MediaRef>> {
+        let mut refs = Vec::with_capacity(ids.len());
+        for id in ids {
+            match self.store().get_media_meta(id).await? {
+                Some(meta) if meta.uploader == who.address => refs.push(meta.to_ref()),
+                _ => {
+                    return Err(Error::InvalidRequest(format!(
+                        "media {id} does not exist or was not uploaded by the sender"
+                    )));
+                }
+            }
+        }
+        Ok(refs)
+    }
+
+    // --- media ---------------------------------------------------------------------------
+
+    /// Stores an upload: `body` is streamed into the media store (never held whole), refused
+    /// past `media.max_upload_bytes` (up front when `declared_len` says so, otherwise while
+    /// streaming; nothing is stored either way), then its metadata is recorded.
+    ///
+    /// `content_type` must be a bare `type/subtype` media type (token characters, at most
+    /// [`MAX_CONTENT_TYPE_BYTES`]); it is stored lower-cased. `name` is an optional file name
+    /// (at most [`MAX_MEDIA_NAME_BYTES`], no control characters).
+    pub async fn upload_media(
+        &self,
+        who: &Identity,
+        content_type: &str,
+        name: Option<String>,
+        body: ByteStream,
+        declared_len: Option<u64>,
+    ) -> Result<MediaRef> {
+        let content_type = normalize_media_type(content_type)?;
+        let name = name.map(|n| n.trim().to_string()).filter(|n| !n.is_empty());
+        if let Some(n) = &name
+            && (n.len() > MAX_MEDIA_NAME_BYTES || n.chars().any(char::is_control))
+        {
+            return Err(Error::InvalidRequest(format!(
+                "name must be at most {MAX_MEDIA_NAME_BYTES} bytes without control characters"
+            )));
+        }
+        let max = self.inner.config.media.max_upload_bytes;
+        let too_large = Error::PayloadTooLarge {
+            what: "upload",
+            limit: usize::try_from(max).unwrap_or(usize::MAX),
+        };
+        if declared_len.is_some_and(|n| n > max) {
+            return Err(too_large);
+        }
+        let id = model::new_id();
+        let media = &self.inner.backends.media;
+        let size = media.put(&id, body, max).await?;
+        let meta = MediaMeta {
+            id: id.clone(),
+            uploader: who.address,
+            content_type,
+            size,
+            name,
+            created_at: model::now_ms(),
+        };
+        if let Err(e) = self.store().put_media_meta(meta.clone()).await {
+            // Bytes without metadata are unreachable; do not leave them behind.
+            if let Err(del) = media.delete(&id).await {
+                tracing::warn!(media_id = %id, error = %del, "could not remove the bytes of a failed upload");
+            }
+            return Err(e);
+        }
+        metrics::counter!("coolchat_media_uploads_total").increment(1);
+        metrics::counter!("coolchat_media_upload_bytes_total").increment(size);
+        Ok(meta.to_ref())
+    }
+
+    /// A media object's metadata and bytes, for its uploader or a member of a room holding a
+    /// (non-deleted) message that carries it. Anything else, unknown ids included, is
+    /// `not_found`, so existence never leaks.
+    pub async fn download_media(&self, who: &Identity, id: &str) -> Result<MediaDownload> {
+        let meta = self.store().get_media_meta(id).await?.ok_or(Error::NotFound)?;
+        if meta.uploader != who.address && !self.store().media_visible_to(id, who.address).await? {
+            return Err(Error::NotFound);
+        }
+        let Some((body, size)) = self.inner.backends.media.get(id).await? else {
+            tracing::warn!(media_id = %id, "media metadata without bytes");
+            return Err(Error::NotFound);
+        };
+        Ok(MediaDownload { meta, body, size })
     }
 
     /// Everything after the caller's cursors, across all their rooms, paged.
@@ -629,5 +738,23 @@ impl ChatService {
             ("queue", b.queue.ping().await),
             ("media", b.media.ping().await),
         ]
+    }
+}
+
+/// A bare `type/subtype` media type (RFC 6838 restricted names), lower-cased.
+fn normalize_media_type(raw: &str) -> Result<String> {
+    let raw = raw.trim();
+    let token = |t: &str| {
+        !t.is_empty()
+            && t.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"!#$&-^_.+".contains(&b))
+    };
+    match raw.split_once('/') {
+        Some((ty, sub)) if raw.len() <= MAX_CONTENT_TYPE_BYTES && token(ty) && token(sub) => {
+            Ok(raw.to_ascii_lowercase())
+        }
+        _ => Err(Error::InvalidRequest(format!(
+            "Content-Type must be a media type `type/subtype` of at most {MAX_CONTENT_TYPE_BYTES} bytes, without parameters"
+        ))),
     }
 }

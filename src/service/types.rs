@@ -1,6 +1,8 @@
 //! Requests and results of the chat service, with their wire shapes.
 
 use crate::address::Address;
+use crate::media::ByteStream;
+use crate::model::MediaMeta;
 use crate::model::{Message, ScheduledMessage, User, rfc3339};
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
@@ -41,8 +43,9 @@ pub struct UserView {
     pub online: bool,
 }
 
-/// `message:send` / `POST .../messages`.
-#[derive(Debug, Clone, Deserialize)]
+/// `message:send` / `POST .../messages`: the message, and the ids of media the sender uploaded
+/// (at most [`MAX_MEDIA_PER_MESSAGE`]).
+#[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SendRequest {
     #[serde(default)]
@@ -51,6 +54,34 @@ pub struct SendRequest {
     pub client_msg_id: String,
     #[serde(default)]
     pub deliver_at: Option<String>,
+    #[serde(default)]
+    pub media: Vec<String>,
+}
+
+/// At most this many attachments per message.
+pub const MAX_MEDIA_PER_MESSAGE: usize = 10;
+
+/// Longest media type accepted on upload (`type/subtype`), in bytes.
+pub const MAX_CONTENT_TYPE_BYTES: usize = 127;
+
+/// Longest file name kept with an upload, in bytes.
+pub const MAX_MEDIA_NAME_BYTES: usize = 255;
+
+/// A media object being served: its metadata and its bytes.
+pub struct MediaDownload {
+    pub meta: MediaMeta,
+    pub body: ByteStream,
+    /// The stored size (what `Content-Length` says).
+    pub size: u64,
+}
+
+impl std::fmt::Debug for MediaDownload {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MediaDownload")
+            .field("meta", &self.meta)
+            .field("size", &self.size)
+            .finish_non_exhaustive()
+    }
 }
 
 /// What a send did.

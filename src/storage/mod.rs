@@ -1,4 +1,5 @@
-//! The durable store: users, sessions, rooms, memberships, messages, scheduled messages, bans.
+//! The durable store: users, sessions, rooms, memberships, messages, scheduled messages, bans,
+//! media metadata.
 //!
 //! [`Store`] is the seam between the chat service and a database. The embedded implementation
 //! is [`sqlite::SqliteStore`]; a MongoDB implementation slots in beside it. What implementations
@@ -17,7 +18,7 @@ pub mod sqlite;
 
 use crate::address::Address;
 use crate::error::Result;
-use crate::model::{Appended, AuditEntry, Ban, Message, NewMessage, Room, ScheduledMessage, Session, User};
+use crate::model::{Appended, AuditEntry, Ban, MediaMeta, Message, NewMessage, Room, ScheduledMessage, Session, User};
 use async_trait::async_trait;
 use time::OffsetDateTime;
 
@@ -157,6 +158,16 @@ pub trait Store: Send + Sync + 'static {
     /// atomically. `None` if it was already delivered. A sender no longer in the room gets the
     /// entry dropped and `Err(NotMember)`.
     async fn deliver_scheduled(&self, id: &str, now: OffsetDateTime) -> Result<Option<Appended>>;
+
+    // --- media metadata ------------------------------------------------------------------
+    /// Records an uploaded media object (after its bytes are stored). Fails with
+    /// `invalid_request` if the id is already taken.
+    async fn put_media_meta(&self, meta: MediaMeta) -> Result<()>;
+    async fn get_media_meta(&self, id: &str) -> Result<Option<MediaMeta>>;
+    /// True when `address` is a member of a room holding a (non-deleted) message that carries
+    /// the media id. (The uploader's own access is the service's rule, not checked here.)
+    /// `append_message` records the media ids a message carries so this is an indexed lookup.
+    async fn media_visible_to(&self, id: &str, address: Address) -> Result<bool>;
 
     // --- bans ----------------------------------------------------------------------------
     async fn get_ban(&self, address: Address) -> Result<Option<Ban>>;

@@ -37,6 +37,15 @@
 //! (same sender and `client_msg_id`) finds the tombstone and gets it back (`created = false`)
 //! instead of being sent again under a new seq.
 //!
+//! # Media
+//!
+//! `media` holds the metadata of uploaded objects (the bytes live in the media store).
+//! `message_media` maps each media id to the messages carrying it; `append_message` writes it in
+//! the same step as the message, so [`Store::media_visible_to`] is an indexed lookup (media id →
+//! message → room → membership) rather than a scan of `media_json`. A tombstoned message keeps
+//! its `message_media` rows, but the lookup skips deleted messages, so deleting a message also
+//! withdraws access to its media (from everyone but the uploader).
+//!
 //! # Control events
 //!
 //! `control_events` is a small log that lets a process sharing the file (`coolchat admin`)
@@ -47,7 +56,8 @@
 use crate::address::Address;
 use crate::error::{Error, Result};
 use crate::model::{
-    self, Appended, AuditEntry, Ban, MediaRef, Message, NewMessage, Room, RoomKind, ScheduledMessage, Session, User,
+    self, Appended, AuditEntry, Ban, MediaMeta, MediaRef, Message, NewMessage, Room, RoomKind, ScheduledMessage,
+    Session, User,
 };
 use crate::storage::{ErasureReport, HistoryPage, MembershipChange, MembershipLimits, NewRoom, Store, StoreStats};
 use async_trait::async_trait;
@@ -486,6 +496,25 @@ pub const MIGRATIONS: &[&str] = &[
     );
     CREATE INDEX control_events_by_at ON control_events (at_ms);
     CREATE INDEX audit_log_by_target ON audit_log (target, id);",
+    // 3: media attachments (see the module docs). The backfill covers messages stored with media
+    // before this migration (none are expected: no release accepted attachments).
+    "CREATE TABLE media (
+        id            TEXT PRIMARY KEY NOT NULL,
+        uploader      TEXT NOT NULL,
+        content_type  TEXT NOT NULL,
+        size          INTEGER NOT NULL,
+        name          TEXT,
+        created_at_ms INTEGER NOT NULL
+    );
+    CREATE INDEX media_by_uploader ON media (uploader, created_at_ms);
+    CREATE TABLE message_media (
+        media_id   TEXT NOT NULL,
+        message_id TEXT NOT NULL,
+        PRIMARY KEY (media_id, message_id)
+    ) WITHOUT ROWID;
+    INSERT OR IGNORE INTO message_media (media_id, message_id)
+        SELECT json_extract(j.value, '$.id'), m.id FROM messages m, json_each(m.media_json) j
+        WHERE m.media_json IS NOT NULL AND json_extract(j.value, '$.id') IS NOT NULL;",
 ];
 
 /// Applies the migrations `user_version` says are missing. Runs inside the caller's transaction
@@ -663,6 +692,17 @@ fn decode_scheduled(row: &Row<'_>) -> Result<ScheduledMessage> {
         client_msg_id: row.get(4).db()?,
         deliver_at: model::from_unix_ms(row.get(5).db()?),
         created_at: model::from_unix_ms(row.get(6).db()?),
+    })
+}
+
+fn decode_media(row: &Row<'_>) -> Result<MediaMeta> {
+    Ok(MediaMeta {
+        id: row.get(0).db()?,
+        uploader: parse_address(&row.get::<_, String>(1).db()?)?,
+        content_type: row.get(2).db()?,
+        size: u64::try_from(row.get::<_, i64>(3).db()?).unwrap_or(0),
+        name: row.get(4).db()?,
+        created_at: model::from_unix_ms(row.get(5).db()?),
     })
 }
 
@@ -980,6 +1020,12 @@ fn append_tx(conn: &Connection, msg: &NewMessage) -> Result<Appended> {
     .db()?
     .execute(params![msg.room_id, seq, msg.id, msg.sender.to_lower_hex(), msg.body, msg.client_msg_id, model::to_unix_ms(msg.created_at), media_json])
     .db()?;
+    for media in &msg.media {
+        conn.prepare_cached("INSERT OR IGNORE INTO message_media (media_id, message_id) VALUES (?1, ?2)")
+            .db()?
+            .execute(params![media.id, msg.id])
+            .db()?;
+    }
     Ok(Appended {
         message: Message {
             id: msg.id.clone(),
@@ -1544,6 +1590,62 @@ impl Store for SqliteStore {
             .map(|m| m.len())
             .sum();
         Ok(stats)
+    }
+
+    // --- media metadata ------------------------------------------------------------------
+
+    async fn put_media_meta(&self, meta: MediaMeta) -> Result<()> {
+        self.write(move |c| {
+            let inserted = c
+                .prepare_cached(
+                    "INSERT INTO media (id, uploader, content_type, size, name, created_at_ms)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6) ON CONFLICT (id) DO NOTHING",
+                )
+                .db()?
+                .execute(params![
+                    meta.id,
+                    meta.uploader.to_lower_hex(),
+                    meta.content_type,
+                    i64::try_from(meta.size).unwrap_or(i64::MAX),
+                    meta.name,
+                    model::to_unix_ms(meta.created_at)
+                ])
+                .db()?;
+            if inserted == 0 {
+                return Err(Error::InvalidRequest(format!("media id {} is already taken", meta.id)));
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    async fn get_media_meta(&self, id: &str) -> Result<Option<MediaMeta>> {
+        let id = id.to_string();
+        self.read(move |c| {
+            query_opt(
+                c,
+                "SELECT id, uploader, content_type, size, name, created_at_ms FROM media WHERE id = ?1",
+                [&id],
+                decode_media,
+            )
+        })
+        .await
+    }
+
+    async fn media_visible_to(&self, id: &str, address: Address) -> Result<bool> {
+        let id = id.to_string();
+        self.read(move |c| {
+            Ok(count(
+                c,
+                "SELECT EXISTS (
+                     SELECT 1 FROM message_media mm
+                     JOIN messages m ON m.id = mm.message_id AND m.deleted = 0
+                     JOIN members b ON b.room_id = m.room_id AND b.address = ?2
+                     WHERE mm.media_id = ?1)",
+                params![id, address.to_lower_hex()],
+            )? != 0)
+        })
+        .await
     }
 
     // --- operator (admin) ------------------------------------------------------------------

@@ -147,6 +147,7 @@ pub fn req(room_id: &str, body: &str, client_msg_id: &str) -> SendRequest {
         body: body.into(),
         client_msg_id: client_msg_id.into(),
         deliver_at: None,
+        media: vec![],
     }
 }
 
