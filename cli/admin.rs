@@ -194,6 +194,7 @@ pub async fn run(args: AdminArgs) -> Result<ExitCode> {
     };
     let admin = AdminService::new(
         backends.store.clone(),
+        backends.media.clone(),
         notifier,
         args.actor.clone().unwrap_or_else(default_actor),
     );

@@ -260,6 +260,8 @@ pub struct MediaConfig {
     pub backend: String,
     /// Largest upload, in bytes.
     pub max_upload_bytes: u64,
+    /// Uploads one user may start per minute (burst: the same number).
+    pub uploads_per_minute: u32,
 }
 
 impl Default for MediaConfig {
@@ -267,6 +269,7 @@ impl Default for MediaConfig {
         MediaConfig {
             backend: "local".into(),
             max_upload_bytes: 25 * 1024 * 1024,
+            uploads_per_minute: 60,
         }
     }
 }
@@ -421,6 +424,12 @@ impl Config {
             return Err(bad(
                 "queue.capacity",
                 "queue capacity, send_timeout_secs and scheduler_interval_ms must be greater than 0",
+            ));
+        }
+        if self.media.uploads_per_minute == 0 || self.media.max_upload_bytes == 0 {
+            return Err(bad(
+                "media.uploads_per_minute",
+                "uploads_per_minute and max_upload_bytes must be greater than 0",
             ));
         }
         if self.media.backend != "local" {

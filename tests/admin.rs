@@ -24,6 +24,7 @@ const ACTOR: &str = "admin:test@host";
 fn admin(node: &Node) -> AdminService {
     AdminService::new(
         node.backends.store.clone(),
+        node.backends.media.clone(),
         Notifier::Bus(node.backends.bus.clone()),
         ACTOR.into(),
     )
@@ -914,7 +915,12 @@ async fn control_log_notifications_reach_the_bus_through_the_watcher() {
     let m = send(&node.svc, &a.id, &room.id, "bad", "c1").await;
     let store = node.backends.store.clone();
     let bus = node.backends.bus.clone();
-    let admin = AdminService::new(store.clone(), Notifier::ControlLog(store.clone()), ACTOR.into());
+    let admin = AdminService::new(
+        store.clone(),
+        node.backends.media.clone(),
+        Notifier::ControlLog(store.clone()),
+        ACTOR.into(),
+    );
     let mut events = bus.subscribe();
     // Through the control log, nothing is published directly.
     let b = user(&node.svc).await;
@@ -984,4 +990,49 @@ async fn control_log_notifications_reach_the_bus_through_the_watcher() {
     watcher.await.unwrap();
     // The writes themselves did not wait for the watcher.
     assert_eq!(code(node.svc.authenticate(Some(&a.token)).await), "token_revoked");
+}
+
+// --- erasure removes media ------------------------------------------------------------------------
+
+#[tokio::test]
+async fn delete_user_removes_their_media_bytes_and_metadata() {
+    use futures::StreamExt;
+    let node = node().await;
+    let a = user(&node.svc).await;
+    let b = user(&node.svc).await;
+    let room = node.svc.create_room(&a.id, "pics", &[b.address]).await.unwrap();
+    let body = futures::stream::iter(vec![Ok(bytes::Bytes::from_static(b"secret picture"))]).boxed();
+    let media = node
+        .svc
+        .upload_media(&b.id, "image/png", None, body, Some(14))
+        .await
+        .unwrap();
+    let sent = node
+        .svc
+        .send(
+            &b.id,
+            SendRequest {
+                media: vec![media.id.clone()],
+                ..req(&room.id, "look", "m1")
+            },
+        )
+        .await
+        .unwrap();
+    assert!(matches!(sent, SendOutcome::Sent { created: true, .. }));
+    assert!(
+        node.svc.download_media(&a.id, &media.id).await.is_ok(),
+        "a room-mate can download before erasure"
+    );
+
+    let report = admin(&node).delete_user(b.address).await.unwrap();
+    assert_eq!(report.media_ids, vec![media.id.clone()]);
+    assert!(
+        node.backends.store.get_media_meta(&media.id).await.unwrap().is_none(),
+        "metadata gone"
+    );
+    assert!(
+        node.backends.media.get(&media.id).await.unwrap().is_none(),
+        "bytes gone"
+    );
+    assert_eq!(code(node.svc.download_media(&a.id, &media.id).await), "not_found");
 }

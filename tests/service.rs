@@ -23,6 +23,7 @@ use tokio_util::sync::CancellationToken;
 fn admin(node: &Node) -> AdminService {
     AdminService::new(
         node.backends.store.clone(),
+        node.backends.media.clone(),
         Notifier::Bus(node.backends.bus.clone()),
         "admin:test".into(),
     )
@@ -1722,4 +1723,27 @@ async fn attaching_media_requires_own_existing_uploads() {
         other => panic!("{other:?}"),
     }
     assert_eq!(code(send(" ", "7", vec![]).await), "invalid_request");
+}
+
+#[tokio::test]
+async fn uploads_are_rate_limited_per_user() {
+    let node = node_with(|c| c.media.uploads_per_minute = 2).await;
+    let a = user(&node.svc).await;
+    let b = user(&node.svc).await;
+    for _ in 0..2 {
+        node.svc
+            .upload_media(&a.id, "text/plain", None, chunks(vec![b"x".to_vec()]), Some(1))
+            .await
+            .unwrap();
+    }
+    let refused = node
+        .svc
+        .upload_media(&a.id, "text/plain", None, chunks(vec![b"x".to_vec()]), Some(1))
+        .await;
+    assert_eq!(code(refused), "rate_limited");
+    // Per user: another user is not affected.
+    node.svc
+        .upload_media(&b.id, "text/plain", None, chunks(vec![b"x".to_vec()]), Some(1))
+        .await
+        .unwrap();
 }

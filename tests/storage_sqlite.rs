@@ -1438,6 +1438,7 @@ async fn erase_user_removes_the_user_and_keeps_the_operators_record() {
             sessions_deleted: 2,
             scheduled_deleted: 1,
             rooms: vec!["dm-ab".into(), "g1".into(), "g2".into()],
+            media_ids: vec![],
         }
     );
 

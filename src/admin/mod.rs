@@ -11,6 +11,7 @@
 use crate::address::Address;
 use crate::bus::{Bus, BusEvent, EndReason};
 use crate::error::{Error, Result};
+use crate::media::MediaStore;
 use crate::model::{self, AuditEntry, Ban, Message, Room, ScheduledMessage, User};
 use crate::storage::{ErasureReport, Store, StoreStats};
 use serde::Serialize;
@@ -120,6 +121,7 @@ pub type Progress<'a> = &'a (dyn Fn(u64, u64) + Send + Sync);
 /// The operator's command processor. See the module docs.
 pub struct AdminService {
     store: Arc<dyn Store>,
+    media: Arc<dyn MediaStore>,
     notifier: Notifier,
     actor: String,
 }
@@ -128,8 +130,13 @@ const PAGE: usize = 500;
 
 impl AdminService {
     /// `actor` is recorded in the audit log (e.g. `admin:alice@host`).
-    pub fn new(store: Arc<dyn Store>, notifier: Notifier, actor: String) -> Self {
-        AdminService { store, notifier, actor }
+    pub fn new(store: Arc<dyn Store>, media: Arc<dyn MediaStore>, notifier: Notifier, actor: String) -> Self {
+        AdminService {
+            store,
+            media,
+            notifier,
+            actor,
+        }
     }
 
     async fn audit(&self, action: &str, target: String, detail: serde_json::Value) -> Result<()> {
@@ -421,7 +428,15 @@ impl AdminService {
             after = Some((last.room_id.clone(), last.seq));
             deleted.extend(page.into_iter().map(|m| (m.room_id, m.id, m.seq)));
         }
-        let report = self.store.erase_user(address).await?;
+        let mut report = self.store.erase_user(address).await?;
+        // Metadata is gone with the erasure; now the bytes. A failure here leaves an orphan file
+        // that nothing references (no download can reach it) and is reported.
+        let mut media_errors = Vec::new();
+        for id in &report.media_ids {
+            if let Err(e) = self.media.delete(id).await {
+                media_errors.push(format!("{id}: {e}"));
+            }
+        }
         self.notifier
             .notify(BusEvent::AddressEnded {
                 address,
@@ -444,12 +459,16 @@ impl AdminService {
                     .await?;
             }
         }
-        self.audit(
-            "delete_user",
-            address.to_checksum(),
-            serde_json::to_value(&report).map_err(Error::internal)?,
-        )
-        .await?;
+        let mut detail = serde_json::to_value(&report).map_err(Error::internal)?;
+        detail["media_delete_errors"] = serde_json::json!(media_errors);
+        self.audit("delete_user", address.to_checksum(), detail).await?;
+        if !media_errors.is_empty() {
+            return Err(Error::Backend(format!(
+                "user erased, but some media files could not be deleted: {}",
+                media_errors.join(", ")
+            )));
+        }
+        report.media_ids.sort();
         Ok(report)
     }
 }

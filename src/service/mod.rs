@@ -558,6 +558,19 @@ impl ChatService {
         if declared_len.is_some_and(|n| n > max) {
             return Err(too_large);
         }
+        let per_minute = self.inner.config.media.uploads_per_minute;
+        let limit = RateLimit {
+            per_second: f64::from(per_minute) / 60.0,
+            burst: per_minute,
+        };
+        if let Some(wait) = self
+            .state()
+            .rate_limit(&format!("upload:{}", who.address.to_lower_hex()), limit)
+            .await?
+        {
+            metrics::counter!("coolchat_rate_limited_total", "what" => "upload").increment(1);
+            return Err(Error::RateLimited { retry_after: wait });
+        }
         let id = model::new_id();
         let media = &self.inner.backends.media;
         let size = media.put(&id, body, max).await?;

@@ -80,6 +80,9 @@ pub struct ErasureReport {
     pub scheduled_deleted: u64,
     /// Rooms the user was removed from (their members must be told).
     pub rooms: Vec<String>,
+    /// Media the user uploaded: metadata removed here; the caller deletes the bytes from the
+    /// media store.
+    pub media_ids: Vec<String>,
 }
 
 /// The durable store. See the module docs for the guarantees every implementation gives.
@@ -207,7 +210,7 @@ pub trait Store: Send + Sync + 'static {
     /// Call until it returns an empty list.
     async fn tombstone_messages_of(&self, address: Address, limit: usize) -> Result<Vec<Message>>;
     /// Erasure: tombstones every message of the address, removes its memberships, sessions,
-    /// scheduled messages, read markers and user row. Bans and audit entries stay (they are the
+    /// scheduled messages, read markers, media metadata and user row. Bans and audit entries stay (they are the
     /// operator's record). One transaction.
     async fn erase_user(&self, address: Address) -> Result<ErasureReport>;
 

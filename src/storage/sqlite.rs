@@ -1174,12 +1174,25 @@ fn erase_tx(conn: &Connection, address: Address) -> Result<ErasureReport> {
     let sessions_deleted = changed("DELETE FROM sessions WHERE address = ?1")?;
     let scheduled_deleted = changed("DELETE FROM scheduled WHERE sender = ?1")?;
     changed("DELETE FROM users WHERE address = ?1")?;
+    let media_ids = query_all(
+        conn,
+        "DELETE FROM media WHERE uploader = ?1 RETURNING id",
+        [&key],
+        |r| r.get::<_, String>(0).db(),
+    )?;
+    for id in &media_ids {
+        conn.prepare_cached("DELETE FROM message_media WHERE media_id = ?1")
+            .db()?
+            .execute([id])
+            .db()?;
+    }
     Ok(ErasureReport {
         messages_tombstoned,
         memberships_removed,
         sessions_deleted,
         scheduled_deleted,
         rooms,
+        media_ids,
     })
 }
 
