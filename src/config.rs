@@ -135,6 +135,8 @@ pub struct LimitsConfig {
     pub socket_buffer_packets: usize,
     /// Most live sockets one user may hold.
     pub max_sockets_per_user: usize,
+    /// Most room-mates whose presence a new socket is told about when it connects.
+    pub presence_snapshot_max: usize,
     /// Furthest `deliver_at` in the future, in seconds.
     pub max_schedule_ahead_secs: u64,
     /// Most pending scheduled messages per user.
@@ -159,6 +161,7 @@ impl Default for LimitsConfig {
             signals_per_second: 10.0,
             socket_buffer_packets: 1024,
             max_sockets_per_user: 20,
+            presence_snapshot_max: 1000,
             max_schedule_ahead_secs: 30 * 24 * 3600,
             max_scheduled_per_user: 100,
         }

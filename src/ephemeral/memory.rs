@@ -127,6 +127,15 @@ impl EphemeralState for MemoryState {
         Ok(self.inner.lock().presence.contains_key(&address))
     }
 
+    async fn online_among(&self, addresses: &[Address]) -> Result<Vec<Address>> {
+        let inner = self.inner.lock();
+        Ok(addresses
+            .iter()
+            .copied()
+            .filter(|a| inner.presence.contains_key(a))
+            .collect())
+    }
+
     async fn connection_count(&self, address: Address) -> Result<usize> {
         Ok(self.inner.lock().presence.get(&address).map_or(0, HashSet::len))
     }

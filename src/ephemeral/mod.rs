@@ -42,6 +42,8 @@ pub trait EphemeralState: Send + Sync + 'static {
     /// Unregisters a connection. True when the address just went offline.
     async fn presence_disconnect(&self, address: Address, connection_id: &str) -> Result<bool>;
     async fn is_online(&self, address: Address) -> Result<bool>;
+    /// The addresses among `addresses` that are online (one round trip for a networked state).
+    async fn online_among(&self, addresses: &[Address]) -> Result<Vec<Address>>;
     /// Live connections of an address (for the per-user socket limit).
     async fn connection_count(&self, address: Address) -> Result<usize>;
     /// Number of distinct online addresses.

@@ -50,6 +50,7 @@ struct ExpiryGuard(CancellationToken);
 pub struct SessionEnded;
 
 pub fn register(io: &SocketIo, svc: ChatService) {
+    let svc_connect = svc.clone();
     let middleware = move |s: SocketRef, TryData(auth): TryData<ConnectAuth>| {
         let svc = svc.clone();
         async move {
@@ -58,9 +59,26 @@ pub fn register(io: &SocketIo, svc: ChatService) {
                 .map_err(|e| ConnectRefusal(e.body()))
         }
     };
-    let on_connect = |s: SocketRef| async move {
-        metrics::gauge!("coolchat_sockets_connected").increment(1.0);
-        tracing::debug!(sid = %s.id, "socket connected");
+    let on_connect = move |s: SocketRef| {
+        let svc = svc_connect.clone();
+        async move {
+            metrics::gauge!("coolchat_sockets_connected").increment(1.0);
+            tracing::debug!(sid = %s.id, "socket connected");
+            // The presence snapshot: who among the user's room-mates is online right now. Sent
+            // after the connection is confirmed (emits to an unconfirmed socket are refused);
+            // live `presence` events, already subscribed, keep it current.
+            let Some(who) = s.extensions.get::<Identity>() else {
+                return;
+            };
+            match svc.online_roommates(&who).await {
+                Ok(online) => {
+                    for address in online {
+                        let _ = s.emit("presence", &json!({ "address": address, "online": true }));
+                    }
+                }
+                Err(e) => tracing::warn!(error = %e, "could not send the presence snapshot"),
+            }
+        }
     };
     io.ns("/", socketioxide::handler::ConnectHandler::with(on_connect, middleware));
 }

@@ -723,6 +723,26 @@ impl ChatService {
         Ok(())
     }
 
+    /// Room-mates of the caller who are online now (at most `limits.presence_snapshot_max`
+    /// room-mates are considered), so a new socket starts with a correct presence picture; live
+    /// `presence` events keep it current from then on.
+    pub async fn online_roommates(&self, who: &Identity) -> Result<Vec<Address>> {
+        let max = self.inner.config.limits.presence_snapshot_max;
+        let mut mates = BTreeSet::new();
+        'rooms: for room in self.store().rooms_of(who.address).await? {
+            for m in room.members {
+                if m != who.address {
+                    mates.insert(m);
+                    if mates.len() >= max {
+                        break 'rooms;
+                    }
+                }
+            }
+        }
+        let mates: Vec<Address> = mates.into_iter().collect();
+        self.state().online_among(&mates).await
+    }
+
     pub async fn disconnected(&self, who: &Identity, connection_id: &str) -> Result<()> {
         if self.state().presence_disconnect(who.address, connection_id).await? {
             let rooms = self.room_ids(who.address).await?;

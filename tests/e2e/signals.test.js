@@ -190,6 +190,28 @@ describe('presence', () => {
     ss.close();
   });
 
+  it('a new socket is told which room-mates are already online (presence snapshot), and no one else', async () => {
+    const a = await newUser(ctx.url);
+    const b = await newUser(ctx.url);
+    const offline = await newUser(ctx.url);
+    const stranger = await newUser(ctx.url);
+    await createRoom(ctx.url, a.token, 'snapshot', [b.address, offline.address]);
+    const sa = await connect(ctx.url, a.token);
+    const ss = await connect(ctx.url, stranger.token);
+    const sb = await connect(ctx.url, b.token);
+    assert.deepEqual(await waitFor(sb, 'presence', (p) => p.address === a.address), { address: a.address, online: true });
+    // Barrier: a round trip on B's socket is answered after the snapshot was sent.
+    await emitAck(sb, 'sync', { cursors: {} });
+    await emitAck(sb, 'sync', { cursors: {} });
+    const told = events(sb, 'presence').map((p) => p.address);
+    assert.ok(!told.includes(offline.address), 'an offline member was announced online');
+    assert.ok(!told.includes(stranger.address), 'a user sharing no room was announced');
+    assert.ok(!told.includes(b.address), 'a socket was told about its own user');
+    sa.close();
+    ss.close();
+    sb.close();
+  });
+
   it('a user who joins a room later learns presence of its members from then on', async () => {
     const a = await newUser(ctx.url);
     const b = await newUser(ctx.url);
