@@ -40,6 +40,7 @@ echo "==> coolchat serve (public origin $ORIGIN)"
 COOLCHAT__AUTH__NONCE_REQUESTS_PER_MINUTE=100000 \
 COOLCHAT__LIMITS__MESSAGES_PER_SECOND=1000 \
 COOLCHAT__LIMITS__MESSAGE_BURST=1000 \
+COOLCHAT__SERVER__TRUSTED_PROXIES=127.0.0.1 \
 RUST_LOG="${RUST_LOG:-warn}" \
   "$BIN" serve --listen 127.0.0.1:0 --data-dir "$WORK/data" --public-url "$ORIGIN" >"$WORK/node.log" 2>&1 &
 NODE_PID=$!

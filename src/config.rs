@@ -53,6 +53,9 @@ pub struct ServerConfig {
     /// How often, in milliseconds, an embedded node looks for commands from `coolchat admin`
     /// (bans, revocations, deletions) in the store's control log.
     pub control_poll_ms: u64,
+    /// Reverse proxies (exact IP addresses) whose `X-Forwarded-For` header is believed when
+    /// keying per-client limits, e.g. `["127.0.0.1"]` behind a local nginx.
+    pub trusted_proxies: Vec<std::net::IpAddr>,
 }
 
 impl Default for ServerConfig {
@@ -65,6 +68,7 @@ impl Default for ServerConfig {
             log_level: "info".into(),
             shutdown_grace_secs: 10,
             control_poll_ms: 200,
+            trusted_proxies: Vec::new(),
         }
     }
 }
@@ -299,6 +303,7 @@ impl Config {
                 .separator("__")
                 .list_separator(",")
                 .with_list_parse_key("auth.allowed_chain_ids")
+                .with_list_parse_key("server.trusted_proxies")
                 .try_parsing(true),
         );
         if let Some(v) = &overrides.listen {

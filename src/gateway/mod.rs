@@ -5,6 +5,7 @@
 //! errors. Architecture invariant: no business rule lives here; if a handler needs an `if`
 //! about chat semantics, that `if` belongs in the service.
 
+mod client_ip;
 mod fanout;
 mod reorder;
 mod rest;

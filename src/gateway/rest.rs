@@ -278,10 +278,18 @@ pub fn routes(svc: ChatService) -> BoxedFilter<(Response,)> {
         .and(warp::get())
         .and(with_svc(svc.clone()))
         .and(warp::ext::optional::<PeerAddr>())
-        .then(|svc: ChatService, peer: Option<PeerAddr>| async move {
-            let key = peer.map(|p| p.0.ip().to_string()).unwrap_or_default();
-            respond(StatusCode::OK, svc.issue_nonce(&key).await)
-        })
+        .and(warp::header::optional::<String>("x-forwarded-for"))
+        .then(
+            |svc: ChatService, peer: Option<PeerAddr>, forwarded: Option<String>| async move {
+                let key = peer
+                    .map(|p| {
+                        let trusted = &svc.config().server.trusted_proxies;
+                        super::client_ip::client_ip(p.0.ip(), forwarded.as_deref(), trusted).to_string()
+                    })
+                    .unwrap_or_default();
+                respond(StatusCode::OK, svc.issue_nonce(&key).await)
+            },
+        )
         .boxed();
 
     let verify: Resp = api
