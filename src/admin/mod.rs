@@ -400,7 +400,15 @@ impl AdminService {
             scheduled: self.store.scheduled_of(address).await?,
             audit: self.store.list_audit(Some(address.to_checksum()), 10_000).await?,
         };
-        if export.user.is_none() && export.messages.is_empty() && export.rooms.is_empty() {
+        // Nothing at all stored about the address. An erased user still has their ban and audit
+        // entries (the operator's record): those are exported.
+        let nothing = export.user.is_none()
+            && export.messages.is_empty()
+            && export.rooms.is_empty()
+            && export.ban.is_none()
+            && export.audit.is_empty()
+            && export.scheduled.is_empty();
+        if nothing {
             return Err(Error::UserNotFound);
         }
         self.audit(
