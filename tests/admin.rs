@@ -343,28 +343,8 @@ async fn pending_scheduled_messages_of_a_banned_address_are_not_delivered() {
         .unwrap();
     let mut events = node.backends.bus.subscribe();
 
-    let stop = CancellationToken::new();
-    let scheduler = tokio::spawn(coolchat::worker::run_scheduler(
-        node.backends.store.clone(),
-        node.backends.queue.clone(),
-        Duration::from_millis(20),
-        stop.clone(),
-    ));
     // Delivery follows deliver_at: once b's message is out, a's entry has been handled.
-    let mut delivered = Vec::new();
-    loop {
-        if let BusEvent::MessageCreated { message } =
-            wait_for(&mut events, |e| matches!(e, BusEvent::MessageCreated { .. })).await
-        {
-            let done = message.sender == b.address;
-            delivered.push(message);
-            if done {
-                break;
-            }
-        }
-    }
-    stop.cancel();
-    scheduler.await.unwrap();
+    let delivered = run_scheduler_until(&node, &mut events, |m| m.sender == b.address).await;
     let from_banned: Vec<&Message> = delivered.iter().filter(|m| m.sender == a.address).collect();
     assert!(
         from_banned.is_empty(),

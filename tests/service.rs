@@ -18,7 +18,6 @@ use coolchat::service::{ChatService, SendOutcome, SendRequest};
 use coolchat::storage::HistoryPage;
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
-use tokio_util::sync::CancellationToken;
 
 fn admin(node: &Node) -> AdminService {
     AdminService::new(
@@ -1235,19 +1234,7 @@ async fn a_scheduled_message_is_delivered_by_the_scheduler_with_the_next_seq() {
     assert_eq!(node.svc.room(&a.id, &room.id).await.unwrap().last_seq, 2);
     assert!(created_messages(&drain(&mut events)).is_empty());
 
-    let stop = CancellationToken::new();
-    let scheduler = tokio::spawn(coolchat::worker::run_scheduler(
-        node.backends.store.clone(),
-        node.backends.queue.clone(),
-        Duration::from_millis(20),
-        stop.clone(),
-    ));
-    let delivered = match wait_for(&mut events, |e| matches!(e, BusEvent::MessageCreated { .. })).await {
-        BusEvent::MessageCreated { message } => message,
-        _ => unreachable!(),
-    };
-    stop.cancel();
-    scheduler.await.unwrap();
+    let delivered = run_scheduler_until(&node, &mut events, |_| true).await.remove(0);
 
     assert_eq!(delivered.id, scheduled.id);
     assert_eq!(delivered.seq, 3);
@@ -1371,20 +1358,8 @@ async fn the_scheduler_drops_an_entry_whose_sender_left_the_room() {
     node.svc.remove_member(&b.id, &room.id, b.address).await.unwrap();
     let mut events = node.backends.bus.subscribe();
 
-    let stop = CancellationToken::new();
-    let scheduler = tokio::spawn(coolchat::worker::run_scheduler(
-        node.backends.store.clone(),
-        node.backends.queue.clone(),
-        Duration::from_millis(20),
-        stop.clone(),
-    ));
     // Entries are delivered in deliver_at order, so once a's is out, b's has been handled.
-    let delivered = match wait_for(&mut events, |e| matches!(e, BusEvent::MessageCreated { .. })).await {
-        BusEvent::MessageCreated { message } => message,
-        _ => unreachable!(),
-    };
-    stop.cancel();
-    scheduler.await.unwrap();
+    let delivered = run_scheduler_until(&node, &mut events, |_| true).await.remove(0);
     assert_eq!(
         (delivered.sender, delivered.body.as_str(), delivered.seq),
         (a.address, "stays", 1)

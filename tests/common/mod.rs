@@ -182,6 +182,37 @@ pub fn drain(events: &mut Events) -> Vec<BusEvent> {
     out
 }
 
+/// Runs the real scheduler (20 ms ticks) until a delivered message satisfies `last`; returns
+/// every message delivered meanwhile, in bus order. Each wait is bounded by [`EVENT_BOUND`].
+pub async fn run_scheduler_until(
+    node: &Node,
+    events: &mut Events,
+    mut last: impl FnMut(&model::Message) -> bool,
+) -> Vec<model::Message> {
+    let stop = tokio_util::sync::CancellationToken::new();
+    let scheduler = tokio::spawn(coolchat::worker::run_scheduler(
+        node.backends.store.clone(),
+        node.backends.queue.clone(),
+        Duration::from_millis(20),
+        stop.clone(),
+    ));
+    let mut delivered = Vec::new();
+    loop {
+        if let BusEvent::MessageCreated { message } =
+            wait_for(events, |e| matches!(e, BusEvent::MessageCreated { .. })).await
+        {
+            let done = last(&message);
+            delivered.push(message);
+            if done {
+                break;
+            }
+        }
+    }
+    stop.cancel();
+    scheduler.await.unwrap();
+    delivered
+}
+
 /// Waits (bounded by [`EVENT_BOUND`]) for the first event matching `want`, skipping others.
 pub async fn wait_for(events: &mut Events, mut want: impl FnMut(&BusEvent) -> bool) -> BusEvent {
     tokio::time::timeout(EVENT_BOUND, async {
